@@ -1,0 +1,25 @@
+# Two commands set everything up: `make test` (and, once the demo exists, `make demo`).
+# Each creates .venv on first use; later runs only reinstall when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup test clean
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned as a pair here: other versions pull multi-GB
+# downloads or a torchvision that does not import (see README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""ChatRex: a grounded multimodal LLM that answers with box indices."""

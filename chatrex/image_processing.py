@@ -1,0 +1,199 @@
+"""Image and box preprocessing: pad to a square, resize per encoder, normalise.
+
+Box conventions used throughout ChatRex:
+
+* user-facing boxes are **pixel xyxy in the original image**;
+* boxes the model sees are **normalised xyxy in [0, 1] relative to the padded square**.
+
+The square has side ``max(width, height)`` and the image sits in its top-left corner, so the
+forward map is ``b / side`` and its inverse is ``b * side`` (then clipped to the image).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb_image(image) -> Image.Image:
+    """Return ``image`` as an RGB PIL image.
+
+    Accepts PIL images of any mode (grayscale, RGBA, palette, 16/32-bit integer, float) and
+    numpy arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8/uint16/float.
+    RGBA and palette images are composited on white. 16-bit data is scaled to 8 bits.
+
+    Raises:
+        ValueError: zero-size image or an array of unsupported shape/dtype.
+    """
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image or numpy array, got {type(image).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image has zero size ({image.width}x{image.height})")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float images: rescale the actual value range to 0..255.
+        arr = np.asarray(image, dtype=np.float64)
+        return _array_to_pil(arr)
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"unsupported image array shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image has zero size ({arr.shape[1]}x{arr.shape[0]})")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        a = arr.astype(np.float64)
+        if np.issubdtype(arr.dtype, np.floating) and a.max(initial=0) <= 1.0 and a.min(initial=0) >= 0.0:
+            a = a * 255.0
+        elif a.max(initial=0) > 255 or a.min(initial=0) < 0:
+            lo, hi = a.min(), a.max()
+            a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+        out = np.nan_to_num(a).round().clip(0, 255).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
+    img = Image.fromarray(out)
+    return to_rgb_image(img) if img.mode != "RGB" else img
+
+
+def validate_boxes(boxes, width: int, height: int, max_objects: int) -> np.ndarray:
+    """Check pixel xyxy ``boxes`` (K, 4) against an image of ``width`` x ``height``.
+
+    Boxes that stick out of the image are clipped to it (documented behaviour). Raises
+    ``ValueError`` for non-finite values, ``x2 <= x1`` or ``y2 <= y1``, boxes that lie entirely
+    outside the image, and more than ``max_objects`` boxes.
+
+    Returns:
+        float64 array (K, 4), clipped pixel xyxy.
+    """
+    arr = np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (K, 4) in pixel xyxy, got {tuple(arr.shape)}")
+    if len(arr) > max_objects:
+        raise ValueError(
+            f"{len(arr)} boxes given but at most {max_objects} are supported; "
+            f"keep the top-{max_objects} by score (e.g. torchvision.ops.nms then topk)"
+        )
+    if not np.isfinite(arr).all():
+        bad = int(np.where(~np.isfinite(arr).all(axis=1))[0][0])
+        raise ValueError(f"box {bad} has non-finite coordinates {arr[bad].tolist()}")
+    degenerate = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
+    if degenerate.any():
+        bad = int(np.where(degenerate)[0][0])
+        raise ValueError(f"box {bad} {arr[bad].tolist()} has x2 <= x1 or y2 <= y1 (expected pixel xyxy)")
+    clipped = arr.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if outside.any():
+        bad = int(np.where(outside)[0][0])
+        raise ValueError(f"box {bad} {arr[bad].tolist()} lies outside the {width}x{height} image")
+    return clipped
+
+
+@dataclass
+class ImageMeta:
+    """What is needed to map boxes back to original pixels."""
+
+    width: int
+    height: int
+
+    @property
+    def side(self) -> int:
+        return max(self.width, self.height)
+
+
+@dataclass
+class ChatRexImageProcessor:
+    """Pads to a square, resizes for the low- and high-resolution encoders, normalises.
+
+    Attributes:
+        low_size: input side of the low-resolution (CLIP) encoder, e.g. 336.
+        high_size: input side of the high-resolution (ConvNeXt) encoder, e.g. 768.
+        image_mean, image_std: per-channel normalisation (CLIP statistics by default, which is
+            what both CLIP encoders of the full-size model were trained with).
+        pad_value: RGB fill of the padding, the mean colour, as LLaVA does.
+    """
+
+    low_size: int = 336
+    high_size: int = 768
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_objects: int = 100
+    pad_value: tuple[int, int, int] = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        for name in ("low_size", "high_size", "max_objects"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.image_mean = tuple(float(x) for x in self.image_mean)
+        self.image_std = tuple(float(x) for x in self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean/image_std must be 3 values with std > 0, got {self.image_mean}, {self.image_std}")
+        if self.pad_value is None:
+            self.pad_value = tuple(int(round(m * 255)) for m in self.image_mean)
+        self.pad_value = tuple(int(x) for x in self.pad_value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def pad_to_square(self, image: Image.Image) -> Image.Image:
+        side = max(image.width, image.height)
+        if image.width == image.height:
+            return image
+        canvas = Image.new("RGB", (side, side), self.pad_value)
+        canvas.paste(image, (0, 0))
+        return canvas
+
+    def _to_tensor(self, image: Image.Image, size: int) -> torch.Tensor:
+        resized = image.resize((size, size), Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_std).view(3, 1, 1)
+        return (arr - mean) / std
+
+    def preprocess(self, image) -> tuple[torch.Tensor, torch.Tensor, ImageMeta]:
+        """Returns ``(low, high, meta)``: tensors (3, low_size, low_size) and (3, high_size, high_size)."""
+        rgb = to_rgb_image(image)
+        square = self.pad_to_square(rgb)
+        return self._to_tensor(square, self.low_size), self._to_tensor(square, self.high_size), ImageMeta(rgb.width, rgb.height)
+
+    def normalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
+        """Pixel xyxy in the original image (K, 4) -> normalised xyxy on the padded square (K, 4)."""
+        clipped = validate_boxes(boxes, meta.width, meta.height, self.max_objects)
+        return torch.from_numpy(clipped / meta.side).float()
+
+    def denormalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
+        """Normalised xyxy on the padded square (K, 4) -> pixel xyxy in the original image (K, 4)."""
+        b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4) * meta.side
+        b[:, [0, 2]] = b[:, [0, 2]].clamp(0, meta.width)
+        b[:, [1, 3]] = b[:, [1, 3]].clamp(0, meta.height)
+        return b.float()
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))

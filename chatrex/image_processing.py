@@ -11,7 +11,6 @@ forward map is ``b / side`` and its inverse is ``b * side`` (then clipped to the
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,10 +38,10 @@ def to_rgb_image(image) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has zero size ({image.width}x{image.height})")
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit and float images: rescale the actual value range to 0..255.
-        arr = np.asarray(image, dtype=np.float64)
-        return _array_to_pil(arr)
+    if mode.startswith("I;16"):
+        return _array_to_pil(np.asarray(image).astype(np.uint16))
+    if mode in ("I", "F"):
+        return _array_to_pil(np.asarray(image))
     if mode == "P":
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -61,20 +60,26 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
         raise ValueError(f"image has zero size ({arr.shape[1]}x{arr.shape[0]})")
     if arr.dtype == np.uint8:
         out = arr
-    elif arr.dtype == np.uint16:
-        out = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-        a = arr.astype(np.float64)
-        if np.issubdtype(arr.dtype, np.floating) and a.max(initial=0) <= 1.0 and a.min(initial=0) >= 0.0:
-            a = a * 255.0
-        elif a.max(initial=0) > 255 or a.min(initial=0) < 0:
-            lo, hi = a.min(), a.max()
-            a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-        out = np.nan_to_num(a).round().clip(0, 255).astype(np.uint8)
+        out = _scale_to_uint8(arr)
     else:
         raise ValueError(f"unsupported image dtype {arr.dtype}")
     img = Image.fromarray(out)
     return to_rgb_image(img) if img.mode != "RGB" else img
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map wider-than-8-bit data to uint8: floats in [0, 1] and 16-bit ranges are scaled; any
+    other range is min-max stretched."""
+    a = np.nan_to_num(arr.astype(np.float64))
+    lo, hi = a.min(initial=0.0), a.max(initial=0.0)
+    if arr.dtype == np.uint16 or (lo >= 0 and 255 < hi <= 65535):
+        a = a / 257.0
+    elif np.issubdtype(arr.dtype, np.floating) and lo >= 0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+    return a.round().clip(0, 255).astype(np.uint8)
 
 
 def validate_boxes(boxes, width: int, height: int, max_objects: int) -> np.ndarray:
@@ -194,6 +199,3 @@ class ChatRexImageProcessor:
         b[:, [1, 3]] = b[:, [1, 3]].clamp(0, meta.height)
         return b.float()
 
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

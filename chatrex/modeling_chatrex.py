@@ -1,0 +1,332 @@
+"""The ChatRex model: dual vision encoder, object encoder, projectors and a causal LLM.
+
+Layout follows transformers' LLaVA: :class:`ChatRexModel` is the base model without a head,
+:class:`ChatRexForConditionalGeneration` adds the LM head, the loss and generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_chatrex import ChatRexConfig
+from .object_encoder import ObjectEncoder
+from .projector import build_projector
+from .special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens
+
+# Inputs only the prefill step consumes; later decoding steps read them from the KV cache.
+VISUAL_INPUT_KEYS = ("pixel_values_low", "pixel_values_high", "boxes", "image_features", "object_features")
+
+
+@dataclass
+class ChatRexImageFeatures(ModelOutput):
+    """Encoded image, reusable across questions (the predictor caches it).
+
+    Attributes:
+        image_embeds: (B, N, H) projected visual tokens, N = grid², H = LLM hidden size.
+        high_res_features: ConvNeXt stage outputs, each (B, C_l, H_l, W_l), for the object encoder.
+    """
+
+    image_embeds: torch.Tensor | None = None
+    high_res_features: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ChatRexModelOutputWithPast(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ChatRexCausalLMOutputWithPast(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class ChatRexPreTrainedModel(PreTrainedModel):
+    config: ChatRexConfig
+    config_class = ChatRexConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+
+class ChatRexModel(ChatRexPreTrainedModel):
+    """Vision encoders + object encoder + projectors + the LLM body (no LM head).
+
+    Submodules may be passed in (e.g. a pretrained CLIP or LLM); otherwise they are built from
+    the config.
+    """
+
+    def __init__(self, config: ChatRexConfig, vision_low: nn.Module | None = None, vision_high: nn.Module | None = None, language_model: nn.Module | None = None):
+        super().__init__(config)
+        hidden = config.text_config.hidden_size
+        self.vision_low = vision_low if vision_low is not None else AutoModel.from_config(config.vision_low_config)
+        self.vision_high = vision_high if vision_high is not None else AutoModel.from_config(config.vision_high_config)
+        self.mm_projector = build_projector(config.projector_type, config.image_feature_dim, hidden)
+        self.object_encoder = ObjectEncoder(
+            config.object_feature_levels,
+            output_size=config.roi_output_size,
+            sampling_ratio=config.roi_sampling_ratio,
+            temperature=config.pos_embed_temperature,
+            scale=config.pos_embed_scale,
+        )
+        self.mm_object_projector = build_projector(config.projector_type, config.object_feature_dim, hidden)
+        self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    # -- encoders ------------------------------------------------------------------------
+    def get_image_features(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> ChatRexImageFeatures:
+        """Encode images once.
+
+        Args:
+            pixel_values_low: (B, 3, S_low, S_low) normalised, e.g. S_low = 336.
+            pixel_values_high: (B, 3, S_high, S_high) normalised, e.g. S_high = 768.
+
+        Returns:
+            :class:`ChatRexImageFeatures` with ``image_embeds`` (B, grid², H).
+        """
+        low = self.vision_low(pixel_values_low.to(self.vision_low.dtype), output_hidden_states=True)
+        low_tokens = low.hidden_states[self.config.vision_low_feature_layer][:, 1:]  # drop CLS
+        high = self.vision_high(pixel_values_high.to(self.vision_high.dtype), output_hidden_states=True)
+        stages = tuple(high.hidden_states[1:])  # hidden_states[0] is the stem output
+        last = stages[-1]
+        high_tokens = last.flatten(2).transpose(1, 2)  # (B, grid², C_last), row-major like CLIP patches
+        if high_tokens.shape[1] != low_tokens.shape[1]:
+            raise ValueError(
+                f"low-res encoder gave {low_tokens.shape[1]} tokens but high-res gave {high_tokens.shape[1]}; "
+                f"check the input sizes {tuple(pixel_values_low.shape[-2:])} and {tuple(pixel_values_high.shape[-2:])}"
+            )
+        fused = torch.cat((low_tokens, high_tokens.to(low_tokens.dtype)), dim=-1)
+        embeds = self.mm_projector(fused.to(self.mm_projector_dtype))
+        return ChatRexImageFeatures(image_embeds=embeds, high_res_features=stages)
+
+    @property
+    def mm_projector_dtype(self) -> torch.dtype:
+        return next(self.mm_projector.parameters()).dtype
+
+    def get_object_features(self, high_res_features, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One token per box.
+
+        Args:
+            high_res_features: ConvNeXt stage outputs, each (B, C_l, H_l, W_l).
+            boxes: B tensors (K_i, 4), normalised xyxy on the padded square.
+
+        Returns:
+            B tensors (K_i, H) in the LLM's hidden size.
+        """
+        for i, b in enumerate(boxes):
+            if len(b) > self.config.max_objects:
+                raise ValueError(f"image {i} has {len(b)} boxes; at most {self.config.max_objects} are supported")
+        pooled = self.object_encoder(high_res_features, [b.to(high_res_features[0].device) for b in boxes])
+        projected = self.mm_object_projector(torch.cat(pooled).to(self.mm_projector_dtype))
+        return list(projected.split([len(p) for p in pooled]))
+
+    # -- embedding merge -----------------------------------------------------------------
+    def _scatter(self, input_ids, inputs_embeds, token_id, features: torch.Tensor, what: str) -> torch.Tensor:
+        mask = input_ids == token_id
+        n_tokens, n_features = int(mask.sum()), int(features.shape[0])
+        if n_tokens != n_features:
+            raise ValueError(f"{what}: {n_tokens} placeholder tokens in the input but {n_features} features")
+        if n_features == 0:
+            return inputs_embeds
+        mask = mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def merge_embeddings(self, input_ids, inputs_embeds, image_embeds=None, object_features=None, prefill=True) -> torch.Tensor:
+        """Write visual tokens over ``<image>`` placeholders and box tokens over ``<objfeat>``.
+
+        Raises ``ValueError`` naming both counts when they differ. During cached decoding
+        (``prefill=False``) placeholders are ordinary tokens.
+        """
+        cfg = self.config
+        if image_embeds is not None or (prefill and cfg.image_token_id is not None):
+            feats = image_embeds.flatten(0, 1) if image_embeds is not None else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1]))
+            if cfg.image_token_id is None:
+                raise ValueError("image features given but config.image_token_id is unset; add the special tokens first")
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, cfg.image_token_id, feats, "image")
+        if object_features is not None or (prefill and cfg.objfeat_token_id is not None):
+            feats = torch.cat(list(object_features)) if object_features is not None and len(object_features) else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1]))
+            if cfg.objfeat_token_id is None:
+                raise ValueError("object features given but config.objfeat_token_id is unset; add the special tokens first")
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, cfg.objfeat_token_id, feats, "objects")
+        return inputs_embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values_low: torch.Tensor | None = None,
+        pixel_values_high: torch.Tensor | None = None,
+        boxes: list[torch.Tensor] | None = None,
+        image_features: ChatRexImageFeatures | None = None,
+        object_features: list[torch.Tensor] | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> ChatRexModelOutputWithPast:
+        """
+        Args:
+            input_ids: (B, T) token ids with ``<image>`` and ``<objfeat>`` placeholders.
+            pixel_values_low, pixel_values_high: (B_img, 3, S, S), one image per sample that has one.
+            boxes: B_img tensors (K_i, 4), normalised xyxy on the padded square.
+            image_features, object_features: precomputed alternatives to pixels and boxes.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if pixel_values_low is not None or pixel_values_high is not None:
+            if pixel_values_low is None or pixel_values_high is None:
+                raise ValueError("pass both pixel_values_low and pixel_values_high, or neither")
+            if image_features is not None:
+                raise ValueError("pass either pixel values or image_features, not both")
+            image_features = self.get_image_features(pixel_values_low, pixel_values_high)
+        if boxes is not None and object_features is None:
+            if image_features is None:
+                raise ValueError("boxes were given without an image (pixel values or image_features)")
+            object_features = self.get_object_features(image_features.high_res_features, boxes)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.merge_embeddings(
+                input_ids,
+                inputs_embeds,
+                image_features.image_embeds if image_features is not None else None,
+                object_features,
+                prefill=prefill,
+            )
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return ChatRexModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
+    """ChatRex with the LM head: training loss (labels with ``-100`` ignored) and ``generate``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: ChatRexConfig, model: ChatRexModel | None = None, lm_head: nn.Module | None = None):
+        super().__init__(config)
+        self.model = model if model is not None else ChatRexModel(config)
+        text = config.text_config
+        self.lm_head = lm_head if lm_head is not None else nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def attach_tokenizer(self, tokenizer) -> dict[str, int]:
+        """Add the ChatRex special tokens to ``tokenizer``, grow the input and output embeddings to
+        match (new rows initialised at the mean of the old ones), and record the placeholder ids
+        in the config. Returns ``{token: id}``."""
+        ids = add_special_tokens(tokenizer)
+        if len(tokenizer) > self.get_input_embeddings().num_embeddings:
+            self.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        self.config.image_token_id = ids[IMAGE_TOKEN]
+        self.config.objfeat_token_id = ids[OBJFEAT_TOKEN]
+        return ids
+
+    def get_image_features(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> ChatRexImageFeatures:
+        return self.model.get_image_features(pixel_values_low, pixel_values_high)
+
+    def get_object_features(self, high_res_features, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.model.get_object_features(high_res_features, boxes)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values_low: torch.Tensor | None = None,
+        pixel_values_high: torch.Tensor | None = None,
+        boxes: list[torch.Tensor] | None = None,
+        image_features: ChatRexImageFeatures | None = None,
+        object_features: list[torch.Tensor] | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> ChatRexCausalLMOutputWithPast:
+        """Same inputs as :meth:`ChatRexModel.forward`, plus ``labels`` (B, T) with -100 on
+        tokens that carry no loss. Returns logits (B, T, V) and, with labels, the mean
+        next-token cross-entropy."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values_low=pixel_values_low,
+            pixel_values_high=pixel_values_high,
+            boxes=boxes,
+            image_features=image_features,
+            object_features=object_features,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+        return ChatRexCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in VISUAL_INPUT_KEYS:
+                inputs.pop(key, None)
+        return inputs

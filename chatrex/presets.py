@@ -1,0 +1,73 @@
+"""Named model presets: a small registry of config builders (as segment-anything's build_sam)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from transformers import CLIPVisionConfig, ConvNextConfig, LlamaConfig, Qwen2Config
+
+from .configuration_chatrex import ChatRexConfig
+
+
+def chatrex_7b() -> ChatRexConfig:
+    """Full size: CLIP ViT-L/14 at 336 px, LAION ConvNeXt-L at 768 px, Qwen2.5-7B."""
+    return ChatRexConfig(
+        vision_low_config=CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu",
+        ),
+        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768),
+        text_config=Qwen2Config(
+            vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+        ),
+    )
+
+
+def _tiny_vision() -> dict:
+    # 64 px / patch 8 = 8x8 grid; 256 px / stride 32 = 8x8 grid.
+    return dict(
+        vision_low_config=CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            patch_size=8, image_size=64, projection_dim=32,
+        ),
+        vision_high_config=ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], image_size=256),
+    )
+
+
+def chatrex_tiny_random() -> ChatRexConfig:
+    """A few-hundred-thousand-parameter Qwen2 model for tests (random weights)."""
+    return ChatRexConfig(
+        **_tiny_vision(),
+        text_config=Qwen2Config(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
+        ),
+    )
+
+
+def chatrex_tiny_random_llama() -> ChatRexConfig:
+    """As ``chatrex-tiny-random`` with a Llama text model (the released ChatRex-7B is Vicuna/LLaMA)."""
+    return ChatRexConfig(
+        **_tiny_vision(),
+        text_config=LlamaConfig(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], ChatRexConfig]] = {
+    "chatrex-7b": chatrex_7b,
+    "chatrex-tiny-random": chatrex_tiny_random,
+    "chatrex-tiny-random-llama": chatrex_tiny_random_llama,
+}
+
+
+def get_preset_config(name: str) -> ChatRexConfig:
+    """The config of preset ``name``; raises ``ValueError`` listing the known names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()

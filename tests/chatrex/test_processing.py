@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from chatrex import ChatRexProcessor
+from chatrex.processing_chatrex import IGNORE_INDEX
+
+BOXES = [[10, 10, 50, 50], [60, 20, 120, 90]]
+
+
+@pytest.fixture
+def proc(tiny_model):
+    return tiny_model[1]
+
+
+def _decode_labelled(proc, batch, row=0):
+    labels = batch["labels"][row]
+    return proc.tokenizer.decode(labels[labels != IGNORE_INDEX])
+
+
+def test_prompt_layout_and_expansion(proc, rgb_image):
+    batch = proc(images=[rgb_image], conversations=["find the red car"], boxes=[BOXES], add_generation_prompt=True)
+    text = proc.tokenizer.decode(batch["input_ids"][0])
+    n = proc.num_image_tokens
+    expected = "<|im_start|>user\n" + "<image>" * n + "\n<obj0><objfeat><obj1><objfeat>\nfind the red car<|im_end|>\n<|im_start|>assistant\n"
+    assert text == expected
+
+
+def test_labels_only_on_answers(proc, rgb_image):
+    conv = [
+        {"from": "human", "value": "find the red car"},
+        {"from": "gpt", "value": "<ground>red car</ground><objects><obj1></objects>"},
+        {"from": "human", "value": "what colour is the boat?"},
+        {"from": "gpt", "value": "it is yellow."},
+    ]
+    batch = proc(images=[rgb_image], conversations=[conv], boxes=[BOXES])
+    assert _decode_labelled(proc, batch) == "<ground>red car</ground><objects><obj1></objects><|im_end|>\nit is yellow.<|im_end|>\n"
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    kept = labels != IGNORE_INDEX
+    assert torch.equal(ids[kept], labels[kept])
+    assert not kept[ids == proc.token_ids["<image>"]].any()
+
+
+def test_right_padding_for_training_left_for_generation(proc, rgb_image):
+    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "it is yellow."}], "a much longer question about the red car and the trees"]
+    train = proc(images=[rgb_image, rgb_image], conversations=[convs[0], [{"role": "user", "content": convs[1]}, {"role": "assistant", "content": "ok"}]])
+    assert train["attention_mask"][:, 0].all() and not train["attention_mask"][0, -1]
+    assert (train["labels"][0][train["attention_mask"][0] == 0] == IGNORE_INDEX).all()
+    gen = proc(images=[rgb_image, rgb_image], conversations=["hi", convs[1]], add_generation_prompt=True)
+    assert gen["attention_mask"][:, -1].all() and not gen["attention_mask"][0, 0]
+
+
+def test_text_only_and_mixed_batches(proc, rgb_image):
+    batch = proc(images=[None, rgb_image], conversations=["hi", "find the red car"], boxes=[None, BOXES])
+    assert batch["pixel_values_low"].shape[0] == 1 and len(batch["boxes"]) == 1
+    assert (batch["input_ids"][0] == proc.token_ids["<image>"]).sum() == 0
+    text_only = proc(conversations=["hi"])
+    assert "pixel_values_low" not in text_only
+
+
+def test_bad_inputs(proc, rgb_image):
+    with pytest.raises(ValueError, match="must not contain"):
+        proc(images=[rgb_image], conversations=["look at <image> please"])
+    with pytest.raises(ValueError, match="without an image"):
+        proc(images=[None], conversations=["hi"], boxes=[BOXES])
+    with pytest.raises(ValueError, match="2 images for 1 conversations"):
+        proc(images=[rgb_image, rgb_image], conversations=["hi"])
+    with pytest.raises(ValueError, match="unknown role"):
+        proc(images=[rgb_image], conversations=[[{"role": "robot", "content": "hi"}]])
+    with pytest.raises(ValueError, match="top-100"):
+        proc(images=[rgb_image], conversations=["hi"], boxes=[[[0, 0, 5, 5]] * 101])
+    with pytest.raises(ValueError, match="already ends with an answer"):
+        proc(images=[rgb_image], conversations=[[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]], add_generation_prompt=True)
+
+
+def test_denormalize_inverts(proc, rgb_image):
+    batch = proc(images=[rgb_image], conversations=["q"], boxes=[BOXES])
+    back = proc.denormalize_boxes(batch["boxes"][0], rgb_image.size)
+    assert torch.allclose(back, torch.tensor(BOXES, dtype=torch.float32), atol=0.5)
+
+
+def test_from_pretrained_missing_config(tmp_path):
+    with pytest.raises(ValueError, match="processor_config.json"):
+        ChatRexProcessor.from_pretrained(tmp_path)
+
+
+def test_real_qwen_tokenizer_in_processor(qwen_tokenizer_dir, rgb_image):
+    from transformers import AutoTokenizer
+
+    from chatrex import get_preset_config
+
+    proc = ChatRexProcessor.from_model_config(get_preset_config("chatrex-tiny-random"), AutoTokenizer.from_pretrained(qwen_tokenizer_dir))
+    conv = [{"role": "user", "content": "find the red car"}, {"role": "assistant", "content": "<ground>red car</ground><objects><obj1></objects>"}]
+    batch = proc(images=[rgb_image], conversations=[conv], boxes=[BOXES])
+    labelled = _decode_labelled(proc, batch)
+    # This tokenizer ships a Qwen3 template, which writes an empty think block into the answer
+    # turn: the model must produce it after the generation prompt, so it carries loss too.
+    assert labelled.endswith("<ground>red car</ground><objects><obj1></objects><|im_end|>\n")
+    assert "find the red car" not in labelled and "user" not in labelled

@@ -1,0 +1,100 @@
+import json
+import re
+
+import numpy as np
+import pytest
+
+from train.box_list import build_box_list
+from train.dataset import ChatRexDataset, EpochSampler
+from train.records import JsonlRecords
+from train.tasks import BadSample, grounded_answer, remap_indices
+
+
+def test_records_are_lazy_and_resolve_paths(records_path):
+    recs = JsonlRecords(records_path)
+    assert len(recs) == 6
+    assert recs[2]["image"].endswith("data/images/2.png") and recs[2]["image"].startswith("/")
+    assert recs.raw(2)["image"] == "images/2.png"
+    assert len(recs._offsets) == 6  # only offsets are held
+    with pytest.raises(IndexError):
+        recs[6]
+
+
+def test_records_skip_blank_lines_and_report_bad_json(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"image": "a.png"}\n\n{not json}\n')
+    recs = JsonlRecords(p)
+    assert len(recs) == 2
+    with pytest.raises(ValueError, match="not valid JSON"):
+        recs[1]
+
+
+def test_box_list_mixes_dedups_shuffles_and_caps():
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    props = np.array([[0, 0, 10, 11], [50, 50, 60, 60], [50, 50, 60, 61], [70, 70, 80, 80]], float)
+    bl = build_box_list(gt, props, np.random.default_rng(0), max_boxes=100, dedup_iou=0.7)
+    # The near-duplicate of gt[0] and of the kept (50,50,60,60)-like proposal are removed.
+    assert len(bl.boxes) == 4
+    for g, idx in enumerate(bl.gt_to_index):
+        assert np.array_equal(bl.boxes[idx], gt[g])
+    capped = build_box_list(gt, props, np.random.default_rng(0), max_boxes=3)
+    assert len(capped.boxes) == 3 and None not in capped.gt_to_index
+    again = build_box_list(gt, props, np.random.default_rng(0), max_boxes=100, dedup_iou=0.7)
+    assert np.array_equal(again.boxes, bl.boxes)
+
+
+def test_box_list_caps_ground_truth_beyond_max():
+    gt = np.array([[i, 0, i + 1, 1] for i in range(150)], float)
+    bl = build_box_list(gt, None, np.random.default_rng(0), max_boxes=100)
+    assert len(bl.boxes) == 100 and sum(i is None for i in bl.gt_to_index) == 50
+
+
+def test_remap_and_answers():
+    assert remap_indices("a <obj0> b <obj2>", [5, None, 1]) == "a <obj5> b <obj1>"
+    with pytest.raises(BadSample, match="has 3 regions"):
+        remap_indices("<obj7>", [0, 1, 2])
+    with pytest.raises(BadSample, match="capped"):
+        remap_indices("<obj1>", [0, None])
+    assert grounded_answer("cat", [3, 1]) == "<ground>cat</ground><objects><obj1><obj3></objects>"
+    assert grounded_answer("dog", []) == "<ground>dog</ground><objects></objects>"
+
+
+@pytest.mark.parametrize("task", ["detection", "region", "grounded_caption", "caption", "conversation"])
+def test_every_task_builds_consistent_samples(records_path, task):
+    ds = ChatRexDataset(JsonlRecords(records_path), {task: 1.0}, seed=0)
+    for key in range(len(ds)):
+        s = ds[key]
+        assert s["task"] == task and s["skipped"] == []
+        assert s["conversation"][0]["role"] == "user" and s["conversation"][-1]["role"] == "assistant"
+        answer = s["conversation"][-1]["content"]
+        for n in map(int, re.findall(r"<obj(\d+)>", answer)):
+            assert n < len(s["boxes"])
+        rec = ds.records[s["record_index"]]
+        if task == "detection" and re.search(r"<obj\d+>", answer):
+            # The answer's box is the ground-truth box of the query's target.
+            idx = int(re.search(r"<obj(\d+)>", answer).group(1))
+            assert s["boxes"][idx].tolist() == rec["regions"][0]["box"]
+
+
+def test_samples_are_deterministic_and_epochs_differ(records_path):
+    ds = ChatRexDataset(JsonlRecords(records_path), {"detection": 1, "region": 1}, seed=3)
+    a, b = ds[1], ds[1]
+    assert a["conversation"] == b["conversation"] and np.array_equal(a["boxes"], b["boxes"])
+    epochs = {json.dumps(ds[e * len(ds) + 1]["conversation"]) + str(ds[e * len(ds) + 1]["boxes"].tolist()) for e in range(6)}
+    assert len(epochs) > 1
+
+
+def test_epoch_sampler_orders():
+    s = EpochSampler(5, seed=1)
+    first = list(s)
+    assert sorted(first) == list(range(5)) and list(s) == first
+    s.start_epoch(2)
+    second = list(s)
+    assert sorted(second) == list(range(10, 15))
+
+
+def test_bad_task_weights(records_path):
+    with pytest.raises(ValueError, match="unknown tasks"):
+        ChatRexDataset(JsonlRecords(records_path), {"segmentation": 1.0})
+    with pytest.raises(ValueError, match="positive"):
+        ChatRexDataset(JsonlRecords(records_path), {"detection": 0.0})

@@ -1,0 +1,72 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a directory ``checkpoint-{step:08d}`` holding accelerate's state (model,
+optimizer, scheduler, RNG; DeepSpeed engines included) and ``trainer_state.json``. It is
+written under a temporary name and renamed into place, so a crash mid-write never leaves a
+checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+TRAINER_STATE = "trainer_state.json"
+_CKPT = re.compile(r"^checkpoint-(\d{8})$")
+
+
+def checkpoint_dir(output_dir: str, step: int) -> str:
+    return os.path.join(output_dir, f"checkpoint-{step:08d}")
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints as ``(step, path)``, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _CKPT.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isfile(os.path.join(path, TRAINER_STATE)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict, keep: int) -> str:
+    """Save accelerate state + trainer state for ``step`` atomically; prune to ``keep`` newest.
+
+    Must be called on every process (accelerate writes per-process RNG state).
+    """
+    final = checkpoint_dir(output_dir, step)
+    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:08d}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
+            json.dump(trainer_state, f, indent=2)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str) -> dict:
+    """Restore accelerate state from ``path`` and return its trainer state."""
+    with open(os.path.join(path, TRAINER_STATE)) as f:
+        state = json.load(f)
+    accelerator.load_state(path)
+    return state

@@ -1,0 +1,164 @@
+"""Training configuration: nested dataclasses loaded from YAML, validated, overridable from the CLI.
+
+Example (see ``train/configs/stage2.yaml``)::
+
+    stage: 2
+    model: {init: runs/stage1/final}
+    data: {train: [data/train/records.jsonl], task_weights: {detection: 2, region: 1}}
+    optim: {lr: {default: 2.0e-4, projectors: 1.0e-3}}
+    train: {output_dir: runs/stage2, max_steps: 2000, batch_size: 8}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+DEFAULT_TASK_WEIGHTS = {
+    1: {"caption": 1.0, "detection": 1.0},
+    2: {"detection": 2.0, "region": 1.0, "grounded_caption": 0.5},
+    3: {"detection": 2.0, "region": 1.0, "grounded_caption": 0.5, "conversation": 1.0},
+}
+
+
+@dataclass
+class ModelConfig:
+    init: str = "chatrex-tiny-random"
+    """A preset name (random init) or a checkpoint directory (e.g. the previous stage's ``final``)."""
+    tokenizer: str | None = None
+    """Tokenizer directory; required with a preset, optional with a checkpoint (which has one)."""
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+    task_weights: dict[str, float] | None = None
+    """Defaults per stage: DEFAULT_TASK_WEIGHTS."""
+    max_boxes: int = 100
+    num_proposals: int | None = None
+    dedup_iou: float = 0.7
+    use_record_proposals: bool = True
+    upn_model: str | None = None
+    """Optional UPN checkpoint to propose boxes on the fly (slower than precomputed proposals)."""
+    num_workers: int = 0
+    eval_samples: int = 64
+
+
+@dataclass
+class OptimConfig:
+    lr: dict[str, float] = field(default_factory=lambda: {"default": 2e-4, "projectors": 1e-3})
+    """Per module group: vision, projectors, embeddings, llm; 'default' for the rest."""
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/chatrex"
+    max_steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    seed: int = 0
+    save_every: int = 100
+    eval_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"
+    """'auto' (bf16 on GPUs that support it, fp32 on CPU), 'no', 'bf16' or 'fp16'."""
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    """Path to a DeepSpeed JSON config (e.g. train/configs/deepspeed/zero2.json)."""
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
+        if not self.data.train:
+            raise ValueError("data.train lists no record files")
+        for path in self.data.train + self.data.eval:
+            if not os.path.isfile(path):
+                raise ValueError(f"record file {path!r} does not exist")
+        if self.data.task_weights is None:
+            self.data.task_weights = dict(DEFAULT_TASK_WEIGHTS[self.stage])
+        checks = {
+            "train.max_steps": self.train.max_steps > 0,
+            "train.batch_size": self.train.batch_size > 0,
+            "train.grad_accum": self.train.grad_accum > 0,
+            "train.save_every": self.train.save_every > 0,
+            "train.eval_every": self.train.eval_every > 0,
+            "train.log_every": self.train.log_every > 0,
+            "train.keep_checkpoints": self.train.keep_checkpoints > 0,
+            "data.max_boxes": 1 <= self.data.max_boxes <= 100,
+            "data.dedup_iou": 0 < self.data.dedup_iou <= 1,
+            "data.num_workers": self.data.num_workers >= 0,
+            "optim.warmup_steps": self.optim.warmup_steps >= 0,
+            "optim.max_grad_norm": self.optim.max_grad_norm > 0,
+            "train.mixed_precision": self.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                section, key = name.split(".")
+                raise ValueError(f"invalid {name}: {getattr(getattr(self, section), key)!r}")
+        if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
+            raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
+        return self
+
+
+def _from_dict(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_dict(type(default), value, f"{where}.{key}".lstrip("."))
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str):
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load YAML (relative record paths resolve against the working directory) and apply
+    ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.max_steps=5``)."""
+    data: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ValueError(f"config file {path!r} does not exist")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        dotted, value = item.split("=", 1)
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_scalar(value)
+    return _from_dict(TrainConfig, data, "")
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)

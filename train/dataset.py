@@ -1,0 +1,196 @@
+"""``ChatRexDataset``: records -> (image, box list, conversation) samples.
+
+Per-sample randomness (task choice, template, proposal mix, box order) comes from a generator
+seeded by ``(seed, epoch, index)``, so a sample is the same whatever worker or process builds
+it, and a resumed run sees exactly the data it would have seen.
+
+Bad records (missing or corrupt image, boxes outside the image, answer index beyond the box
+list) are skipped: the next record is used instead and the skip is reported with the sample,
+so batches never shrink and every process takes the same number of steps.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from chatrex.image_processing import to_rgb_image, validate_boxes
+
+from .box_list import build_box_list
+from .tasks import BUILDERS, TASKS, BadSample
+
+MAX_SKIP = 100
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``epoch * N + i`` over a seeded permutation of ``range(N)`` (shuffled per epoch).
+
+    Encoding the epoch in the key lets the dataset seed per-sample randomness without any
+    shared state between the sampler, workers and processes.
+    """
+
+    def __init__(self, num_records: int, seed: int = 0, shuffle: bool = True):
+        self.num_records = num_records
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        # Not named set_epoch on purpose: accelerate resets samplers that have set_epoch to its
+        # own iteration counter, which restarts at 0 in a loader made by skip_first_batches.
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_records) if self.shuffle else np.arange(self.num_records)
+        base = self.epoch * self.num_records
+        return iter((base + int(i)) for i in order)
+
+
+class ChatRexDataset(torch.utils.data.Dataset):
+    """Training samples over JSONL records.
+
+    Args:
+        records: a :class:`JsonlRecords` (or anything indexable returning record dicts).
+        task_weights: relative weight per task family (see :data:`train.tasks.TASKS`); tasks a
+            record cannot serve are left out for that record.
+        seed: base seed of per-sample randomness.
+        max_boxes: box-list cap (<= 100).
+        use_record_proposals: mix in the record's ``"proposals"`` (pixel xyxy, or dicts with "box").
+        proposal_fn: optional ``image -> (P, 4) pixel xyxy`` (e.g. a UPN predictor).
+        num_proposals: at most this many proposals per sample (default: fill up to ``max_boxes``).
+        dedup_iou: proposals overlapping ground truth (or each other) above this IoU are dropped.
+
+    Items are dicts: ``image`` (RGB PIL), ``boxes`` (K, 4) pixel xyxy, ``conversation``,
+    ``task``, ``record_index`` and ``skipped`` (list of ``(record_index, reason)``).
+    """
+
+    def __init__(
+        self,
+        records,
+        task_weights: dict[str, float],
+        seed: int = 0,
+        max_boxes: int = 100,
+        use_record_proposals: bool = True,
+        proposal_fn: Callable | None = None,
+        num_proposals: int | None = None,
+        dedup_iou: float = 0.7,
+    ):
+        unknown = set(task_weights) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)} in task_weights; known: {TASKS}")
+        if not any(w > 0 for w in task_weights.values()):
+            raise ValueError(f"task_weights needs at least one positive weight, got {task_weights}")
+        if any(w < 0 for w in task_weights.values()):
+            raise ValueError(f"task weights must be >= 0, got {task_weights}")
+        if not 1 <= max_boxes <= 100:
+            raise ValueError(f"max_boxes must be in [1, 100], got {max_boxes}")
+        if len(records) == 0:
+            raise ValueError("the dataset has no records")
+        self.records = records
+        self.task_weights = {k: float(v) for k, v in task_weights.items() if v > 0}
+        self.seed = seed
+        self.max_boxes = max_boxes
+        self.use_record_proposals = use_record_proposals
+        self.proposal_fn = proposal_fn
+        self.num_proposals = num_proposals
+        self.dedup_iou = dedup_iou
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int) -> dict:
+        epoch, index = divmod(int(key), len(self.records))
+        skipped: list[tuple[int, str]] = []
+        for attempt in range(MAX_SKIP):
+            current = (index + attempt) % len(self.records)
+            try:
+                sample = self.build(current, np.random.default_rng([self.seed, epoch, current]))
+            except (BadSample, ValueError, OSError, UnidentifiedImageError) as err:
+                reason = f"{type(err).__name__}: {err}"
+                warnings.warn(f"skipping record {current}: {reason}", stacklevel=2)
+                skipped.append((current, reason))
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise RuntimeError(f"{MAX_SKIP} consecutive bad records starting at {index}; last: {skipped[-1][1]}")
+
+    def _load_image(self, path) -> Image.Image:
+        if not isinstance(path, str) or not path:
+            raise BadSample(f"record has no image path ({path!r})")
+        if not os.path.isfile(path):
+            raise BadSample(f"image file {path!r} does not exist")
+        with Image.open(path) as img:
+            img.load()  # decode now so a truncated file fails here, not in the collator
+            return to_rgb_image(img)
+
+    def _proposals(self, record: dict, image: Image.Image) -> np.ndarray:
+        props = []
+        if self.use_record_proposals and record.get("proposals"):
+            props.extend(p["box"] if isinstance(p, dict) else p for p in record["proposals"])
+        if self.proposal_fn is not None:
+            props.extend(np.asarray(self.proposal_fn(image)).reshape(-1, 4).tolist())
+        if not props:
+            return np.zeros((0, 4))
+        arr = np.asarray(props, dtype=np.float64).reshape(-1, 4)
+        # Proposals are model output: clip them and drop degenerate ones instead of failing.
+        arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, image.width)
+        arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, image.height)
+        ok = np.isfinite(arr).all(1) & (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
+        return arr[ok]
+
+    def build(self, index: int, rng: np.random.Generator) -> dict:
+        """One sample from record ``index``; raises :class:`BadSample` (or I/O errors) on bad data."""
+        record = self.records[index]
+        image = self._load_image(record.get("image"))
+        regions = record.get("regions") or []
+        gt = [r.get("box") for r in regions]
+        if any(b is None for b in gt):
+            raise BadSample("a region has no box")
+        # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
+        gt_boxes = validate_boxes(gt, image.width, image.height, max_objects=10**9)
+        box_list = build_box_list(gt_boxes, self._proposals(record, image), rng, self.max_boxes, self.dedup_iou, self.num_proposals)
+        tasks = dict(self.task_weights)
+        while tasks:
+            names = sorted(tasks)
+            weights = np.array([tasks[n] for n in names])
+            task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+            conversation = BUILDERS[task](record, box_list.gt_to_index, rng)
+            if conversation is not None:
+                return {
+                    "image": image,
+                    "boxes": box_list.boxes,
+                    "conversation": conversation,
+                    "task": task,
+                    "record_index": index,
+                }
+            del tasks[task]
+        raise BadSample(f"record supports none of the tasks {sorted(self.task_weights)}")
+
+
+class ChatRexCollator:
+    """Batches samples with :class:`~chatrex.ChatRexProcessor` (labels only on answers).
+
+    The batch carries ``skipped`` (list of ``(record_index, reason)``), which the trainer pops
+    before the forward pass.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, samples: list[dict]):
+        batch = self.processor(
+            images=[s["image"] for s in samples],
+            conversations=[s["conversation"] for s in samples],
+            boxes=[s["boxes"] for s in samples],
+        )
+        batch["skipped"] = [item for s in samples for item in s["skipped"]]
+        return batch
+

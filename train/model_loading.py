@@ -1,0 +1,28 @@
+"""Build or load the model and processor a training run starts from."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import AutoTokenizer
+
+from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
+from chatrex.presets import PRESETS
+
+
+def load_model_and_processor(init: str, tokenizer: str | None = None):
+    """``init`` is a preset name (random weights; needs ``tokenizer``) or a checkpoint directory
+    written by ``save_pretrained`` of a model and a processor (e.g. the previous stage)."""
+    if init in PRESETS:
+        if tokenizer is None:
+            raise ValueError(f"model.init={init!r} is a preset with random weights; set model.tokenizer to a tokenizer directory")
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        model = ChatRexForConditionalGeneration(get_preset_config(init))
+        model.attach_tokenizer(tok)
+        return model, ChatRexProcessor.from_model_config(model.config, tok)
+    if not os.path.isdir(init):
+        raise ValueError(f"model.init={init!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory")
+    model = ChatRexForConditionalGeneration.from_pretrained(init)
+    processor = ChatRexProcessor.from_pretrained(tokenizer or init)
+    model.attach_tokenizer(processor.tokenizer)
+    return model, processor

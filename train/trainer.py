@@ -1,0 +1,257 @@
+"""The training loop: accelerate on CPU (gloo) or GPUs, DeepSpeed ZeRO through accelerate.
+
+One function, :func:`train`, runs a stage from a :class:`~train.config.TrainConfig`. It prints
+the trainable-parameter table and the optimizer groups, shows a tqdm bar, evaluates and
+checkpoints periodically (atomically), resumes exactly, checkpoints on Ctrl-C, and ends with a
+``save_pretrained`` directory ``OUTPUT/final`` that ``ChatRexForConditionalGeneration``
+loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict
+from .dataset import ChatRexCollator, ChatRexDataset, EpochSampler
+from .model_loading import load_model_and_processor
+from .records import JsonlRecords
+from .stages import apply_stage, build_param_groups, format_counts
+
+FINAL_DIR = "final"
+
+
+@dataclass
+class TrainResult:
+    """Summary of a run."""
+
+    steps: int
+    last_loss: float
+    eval_loss: float | None
+    samples_per_second: float
+    skipped_records: int
+    final_dir: str | None
+    weights_digest: str
+    """sha256 over this process's final parameters: equal on every rank of a healthy run."""
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    on_gpu = torch.cuda.is_available()
+    # Some parameters get no gradient in a step: CLIP's last layer (features come from layer -2),
+    # ConvNeXt's pooling norm, and the object projector for box-less batches.
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    plugin = None
+    if cfg.train.deepspeed:
+        plugin = DeepSpeedPlugin(hf_ds_config=cfg.train.deepspeed, gradient_accumulation_steps=cfg.train.grad_accum)
+        if not on_gpu:
+            # accelerate picks no backend for DeepSpeed on a CPU-only machine and would then run
+            # every process as a world of one; gloo gives DeepSpeed a real process group.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+        deepspeed_plugin=plugin,
+        kwargs_handlers=handlers,
+        # Without cpu=True accelerate ignores a torchrun world on a machine with no GPU; with
+        # DeepSpeed it must stay False or accelerate skips DeepSpeed's initialisation.
+        cpu=plugin is None and not on_gpu,
+    )
+
+
+def _proposal_fn(cfg: TrainConfig):
+    if not cfg.data.upn_model:
+        return None
+    from upn import UPNPredictor  # optional: only runs that propose on the fly need it
+
+    predictor = UPNPredictor.from_pretrained(cfg.data.upn_model)
+    return lambda image: predictor.predict(image, prompt_type="both").boxes
+
+
+def _dataset(cfg: TrainConfig, paths, proposal_fn) -> ChatRexDataset:
+    return ChatRexDataset(
+        JsonlRecords(paths),
+        cfg.data.task_weights,
+        seed=cfg.train.seed,
+        max_boxes=cfg.data.max_boxes,
+        use_record_proposals=cfg.data.use_record_proposals,
+        proposal_fn=proposal_fn,
+        num_proposals=cfg.data.num_proposals,
+        dedup_iou=cfg.data.dedup_iou,
+    )
+
+
+def _model_inputs(batch) -> dict:
+    return {k: v for k, v in batch.items() if k != "skipped"}
+
+
+@torch.no_grad()
+def evaluate(model, loader) -> float:
+    """Mean loss over ``loader`` (token-weighted per batch), computed identically on every rank."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**_model_inputs(batch)).loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    cfg.validate()
+    accelerator = build_accelerator(cfg)
+    out = cfg.train.output_dir
+    if accelerator.is_main_process:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    set_seed(cfg.train.seed)
+
+    model, processor = load_model_and_processor(cfg.model.init, cfg.model.tokenizer)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    counts = apply_stage(model, cfg.stage)
+    accelerator.print(f"stage {cfg.stage}: trainable parameters per module\n{format_counts(counts)}")
+    groups = build_param_groups(model, cfg.optim.lr, cfg.optim.weight_decay)
+    accelerator.print("optimizer groups: " + ", ".join(f"{g['name']} lr={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in groups))
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
+
+    proposal_fn = _proposal_fn(cfg)
+    dataset = _dataset(cfg, cfg.data.train, proposal_fn)
+    sampler = EpochSampler(len(dataset), seed=cfg.train.seed)
+    collator = ChatRexCollator(processor)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collator, num_workers=cfg.data.num_workers, drop_last=False)
+    eval_loader = None
+    if cfg.data.eval:
+        eval_set = _dataset(cfg, cfg.data.eval, proposal_fn)
+        subset = torch.utils.data.Subset(eval_set, range(min(cfg.data.eval_samples, len(eval_set))))
+        eval_loader = torch.utils.data.DataLoader(subset, batch_size=cfg.train.batch_size, collate_fn=collator)
+
+    # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
+    # it once per process), and registered so checkpoints carry it.
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, skipped, last_loss, eval_loss = 0, {}, float("nan"), None
+    if resume:
+        path = latest_checkpoint(out)
+        if path is None:
+            accelerator.print(f"--resume: no checkpoint in {out}, starting from scratch")
+        else:
+            state = load_checkpoint(accelerator, path)
+            step, skipped = state["step"], {int(k): v for k, v in state.get("skipped", {}).items()}
+            accelerator.print(f"resumed from {path} at step {step}")
+
+    batches_per_epoch = len(loader)
+    consumed = step * cfg.train.grad_accum
+    epoch, offset = divmod(consumed, batches_per_epoch)
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    timed_samples, timed_since = 0, None
+    last_saved = step
+
+    def checkpoint():
+        nonlocal last_saved
+        state = {"step": step, "epoch": epoch, "skipped": {str(k): v for k, v in skipped.items()}, "last_loss": last_loss}
+        save_checkpoint(accelerator, out, step, state, cfg.train.keep_checkpoints)
+        last_saved = step
+
+    try:
+        while step < cfg.train.max_steps:
+            sampler.start_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+            for batch in epoch_loader:
+                for index, reason in batch["skipped"]:
+                    skipped.setdefault(index, reason)
+                with accelerator.accumulate(model):
+                    loss = model(**_model_inputs(batch)).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                last_loss = float(accelerator.reduce(loss.detach(), "mean"))
+                if timed_since is None:
+                    timed_since = time.perf_counter()  # the first step pays warm-up costs
+                else:
+                    timed_samples += cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                row = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
+                if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
+                    eval_loss = evaluate(accelerator.unwrap_model(model), eval_loader)
+                    row["eval_loss"] = eval_loss
+                    accelerator.print(f"step {step}: eval loss {eval_loss:.4f}")
+                if accelerator.is_main_process and (step % cfg.train.log_every == 0 or "eval_loss" in row):
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
+                    checkpoint()
+                if step >= cfg.train.max_steps:
+                    break
+            else:
+                epoch, offset = epoch + 1, 0
+                continue
+            break
+    except KeyboardInterrupt:
+        if step > last_saved:
+            accelerator.print(f"\ninterrupted: saving checkpoint at step {step} (resume with --resume)")
+            checkpoint()
+        raise
+    finally:
+        bar.close()
+
+    elapsed = time.perf_counter() - timed_since if timed_since is not None else 0.0
+    rate = timed_samples / elapsed if elapsed > 0 else float("nan")
+    n_skipped = int(accelerator.reduce(torch.tensor(len(skipped), device=accelerator.device), "sum"))
+    if n_skipped:
+        warnings.warn(f"{n_skipped} bad record(s) were skipped; first: {next(iter(skipped.items()), None)}", stacklevel=2)
+    accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {rate:.2f} samples/s, {n_skipped} bad record(s) skipped")
+
+    final = os.path.join(out, FINAL_DIR)
+    tmp = os.path.join(out, ".tmp-final")
+    state_dict = accelerator.get_state_dict(model)
+    digest = weights_digest(state_dict)  # before saving: save_pretrained empties the dict
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return TrainResult(step, last_loss, eval_loss, rate, n_skipped, final, digest)
+
+
+def weights_digest(state_dict: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()

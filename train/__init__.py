@@ -1,1 +1,1 @@
-"""Training code for ChatRex: datasets, collators, freeze policy, trainers (``train.upn`` trains UPN)."""
+"""Training: datasets over Rexverse-style records, the three-stage recipe, and the UPN trainer."""

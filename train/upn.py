@@ -19,6 +19,7 @@ file and moved into place with ``os.replace``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -242,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     model = UPNModel(config) if args.init is None else UPNModel.from_pretrained(args.init)
     config = model.config
     if args.short_side is not None or args.max_size is not None:
-        config.image.short_side = args.short_side or config.image.short_side
-        config.image.max_size = args.max_size or max(config.image.max_size, config.image.short_side)
-        config.image.__post_init__()  # re-validate the overridden resize rule
+        short = args.short_side or config.image.short_side
+        # dataclasses.replace re-runs validation; the saved model keeps the training resize rule.
+        config.image = dataclasses.replace(config.image, short_side=short,
+                                           max_size=args.max_size or max(config.image.max_size, short))
 
     samples, skipped = load_coco_sources(sources, args.image_root)
     if not samples:

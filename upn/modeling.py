@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.ops import box_convert
 
+from . import build
 from .backbone import MultiScaleBackbone
 from .config import UPNConfig
 from .decoder import DeformableDecoder
@@ -116,8 +117,6 @@ class UPNModel(nn.Module):
                  encoder: DeformableEncoder | None = None, decoder: DeformableDecoder | None = None,
                  criterion: SetCriterion | None = None) -> None:
         super().__init__()
-        from . import build  # local import: build imports this package's modules
-
         self.config = config
         t = config.transformer
         d = t.d_model

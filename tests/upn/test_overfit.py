@@ -1,6 +1,4 @@
 """upn-tiny must be able to learn: overfit one synthetic image with 3 boxes."""
-import time
-
 import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_convert, box_iou
@@ -42,7 +40,7 @@ def test_overfit_one_image():
         out = model(x, "coarse")
     # Not vacuous: at init the best-scored boxes are not the objects.
     assert _recall_at(out.scores[0], out.boxes[0], gt, 3) < 1.0
-    start, history = time.time(), []
+    history = []
     for step in range(1, 151):
         model.train()
         losses = model(x, "coarse", targets=targets)
@@ -62,5 +60,6 @@ def test_overfit_one_image():
             history.append((step, round(losses["loss"].item(), 3), r10, r3, round(third, 3)))
             if r10 == 1.0 and r3 == 1.0 and third > 0.5:
                 break
+    # The bound is in steps, not seconds: the 2-core box is shared, so wall time
+    # varies (about 6 s when idle, converging near step 30).
     assert history[-1][2:4] == (1.0, 1.0) and history[-1][4] > 0.5, history
-    assert time.time() - start < 90, history

@@ -26,6 +26,8 @@ def _images():
         "np-float": rng.random((30, 200, 3)).astype(np.float32),
         "np-rgba": rng.integers(0, 255, (20, 20, 4), dtype=np.uint8),
         "np-1ch": rgb[..., :1],
+        "np-thin": rng.integers(0, 255, (3, 300, 3), dtype=np.uint8),   # extreme aspect ratio
+        "np-1px": np.full((1, 1, 3), 7, dtype=np.uint8),
     }
 
 

@@ -1,0 +1,330 @@
+"""Train UPN on COCO-format detection files marked coarse or fine.
+
+Run ``python -m train.upn --help`` for the options. Each ``--coarse FILE`` /
+``--fine FILE`` is a COCO JSON (``images``, ``annotations`` with pixel
+``bbox`` = [x, y, w, h], optional ``categories``). A category may carry
+``"granularity": "fine" | "coarse"`` to override its file's mark; an image with
+boxes of both granularities becomes two samples (one per prompt). Images with
+no annotation are kept as negatives.
+
+Box hygiene: annotations with NaN/inf or non-positive size are skipped and
+counted; boxes reaching outside the image are clipped to it and dropped if
+nothing is left; ``iscrowd`` boxes are skipped. A zero-size or unreadable image
+raises an error naming the file.
+
+Data order depends only on (seed, step), so ``--resume`` continues exactly:
+the checkpoint (model, optimizer, scheduler, RNG, step) is written to a temp
+file and moved into place with ``os.replace``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from upn import UPNModel, get_config
+from upn.image_processing import resized_size, to_rgb_pil
+
+CHECKPOINT_NAME = "checkpoint.pt"
+GRANULARITIES = ("coarse", "fine")
+
+
+def load_coco_sources(sources: list[tuple[str, str]], image_root: str | None) -> tuple[list[dict], Counter]:
+    """Parse COCO files into samples {"path", "boxes" (K, 4) pixel xywh, "granularity"}.
+
+    Returns the samples and a Counter of skipped annotations by reason.
+    """
+    samples, skipped = [], Counter()
+    for path, default_gran in sources:
+        with open(path, encoding="utf-8") as fh:
+            coco = json.load(fh)
+        root = image_root or os.path.dirname(os.path.abspath(path))
+        cat_gran = {}
+        for cat in coco.get("categories", []):
+            g = cat.get("granularity", default_gran)
+            if g not in GRANULARITIES:
+                raise ValueError(f"{path}: category {cat.get('id')} has granularity {g!r}, expected coarse/fine")
+            cat_gran[cat["id"]] = g
+        by_image = defaultdict(lambda: defaultdict(list))
+        for ann in coco.get("annotations", []):
+            box = ann.get("bbox")
+            if ann.get("iscrowd", 0):
+                skipped["iscrowd"] += 1
+                continue
+            if box is None or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
+                skipped["non-finite or malformed bbox"] += 1
+                continue
+            if box[2] <= 0 or box[3] <= 0:
+                skipped["non-positive size"] += 1
+                continue
+            by_image[ann["image_id"]][cat_gran.get(ann.get("category_id"), default_gran)].append(box)
+        for img in coco["images"]:
+            file = os.path.join(root, img["file_name"])
+            groups = by_image.get(img["id"]) or {default_gran: []}
+            for gran, boxes in groups.items():
+                samples.append({"path": file, "granularity": gran,
+                                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)})
+    return samples, skipped
+
+
+class UPNDetectionDataset(Dataset):
+    """Items are (index, flip) pairs from ``StepBatchSampler``; returns a dict with
+    ``pixel_values`` (3, H, W) normalised, ``boxes`` (K, 4) normalised cxcywh
+    (clipped to the image) and ``granularity``."""
+
+    def __init__(self, samples: list[dict], short_side: int, max_size: int, mean, std) -> None:
+        self.samples = samples
+        self.short_side, self.max_size = short_side, max_size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, bool]) -> dict:
+        index, flip = item
+        s = self.samples[index]
+        try:
+            with Image.open(s["path"]) as im:
+                image = to_rgb_pil(im)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot use image {s['path']}: {err}") from err
+        w, h = image.size
+        xyxy = s["boxes"].clone()
+        xyxy[:, 2:] += xyxy[:, :2]
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        xyxy = xyxy[(xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)]
+        if flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            xyxy = torch.stack([w - xyxy[:, 2], xyxy[:, 1], w - xyxy[:, 0], xyxy[:, 3]], -1)
+        image = image.resize(resized_size(w, h, self.short_side, self.max_size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        norm = xyxy / torch.tensor([w, h, w, h], dtype=torch.float32)
+        cxcywh = torch.cat([(norm[:, :2] + norm[:, 2:]) / 2, norm[:, 2:] - norm[:, :2]], -1)
+        return {"pixel_values": (x - self.mean) / self.std, "boxes": cxcywh, "granularity": s["granularity"]}
+
+
+def collate(batch: list[dict]) -> dict:
+    """Pad to the largest image (bottom/right) and build ``pixel_mask`` (1 = real pixel)."""
+    h = max(b["pixel_values"].shape[1] for b in batch)
+    w = max(b["pixel_values"].shape[2] for b in batch)
+    pixels = torch.zeros(len(batch), 3, h, w)
+    mask = torch.zeros(len(batch), h, w, dtype=torch.long)
+    for i, b in enumerate(batch):
+        _, bh, bw = b["pixel_values"].shape
+        pixels[i, :, :bh, :bw] = b["pixel_values"]
+        mask[i, :bh, :bw] = 1
+    return {"pixel_values": pixels, "pixel_mask": mask,
+            "targets": [{"boxes": b["boxes"]} for b in batch],
+            "granularity": [b["granularity"] for b in batch]}
+
+
+class StepBatchSampler:
+    """Batches for steps [start_step, total_steps): epoch e is a permutation seeded by
+    (seed, e); the flip of each position is seeded too. Depends only on the step,
+    so resuming reproduces the data order. Process ``rank`` of ``world`` takes its slice."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 flip: bool, rank: int = 0, world: int = 1) -> None:
+        self.n, self.bs, self.seed = n, batch_size, seed
+        self.start, self.total, self.flip = start_step, total_steps, flip
+        self.rank, self.world = rank, world
+        self._perms: dict[int, list[int]] = {}
+
+    def _index(self, pos: int) -> int:
+        epoch = pos // self.n
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch][pos % self.n]
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            base = (step * self.world + self.rank) * self.bs
+            yield [(self._index(p), self.flip and random.Random(self.seed * 7_919 + p).random() < 0.5)
+                   for p in range(base, base + self.bs)]
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: UPNModel, directory: str) -> None:
+    """``save_pretrained`` into a temp folder, then move each file into place."""
+    tmp = f"{directory}.tmp.{os.getpid()}"
+    model.save_pretrained(tmp)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    os.rmdir(tmp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train.upn",
+        description="Train the Universal Proposal Network (UPN) on COCO-format JSON files. "
+                    "Each --coarse/--fine file sets the default granularity of its boxes "
+                    "(whole objects vs parts); a category's own \"granularity\" field overrides it.",
+        epilog="Example: python -m train.upn --coarse shapes/train.json --fine parts/train.json "
+               "--preset upn-tiny --steps 5000 --output-dir runs/upn-tiny. "
+               "Outputs: OUTPUT_DIR/checkpoint.pt (resume state), OUTPUT_DIR/model/ "
+               "(config.json + model.safetensors for UPNPredictor.from_pretrained), "
+               "OUTPUT_DIR/log.jsonl (losses).")
+    p.add_argument("--coarse", action="append", default=[], metavar="JSON",
+                   help="COCO file whose boxes are coarse (whole objects); repeatable")
+    p.add_argument("--fine", action="append", default=[], metavar="JSON",
+                   help="COCO file whose boxes are fine (parts); repeatable")
+    p.add_argument("--image-root", default=None,
+                   help="folder that file_name is relative to (default: each JSON's folder)")
+    p.add_argument("--output-dir", required=True, help="where checkpoints, model and log go")
+    p.add_argument("--preset", default="upn-tiny", help="model preset (upn-tiny, upn-large)")
+    p.add_argument("--init", default=None, help="start from a save_pretrained folder instead of random init")
+    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per step per process (default 4)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak AdamW learning rate (default 2e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
+    p.add_argument("--clip-grad", type=float, default=0.1, help="max grad norm (DETR default 0.1)")
+    p.add_argument("--short-side", type=int, default=None, help="resize short side (default: preset's)")
+    p.add_argument("--max-size", type=int, default=None, help="cap on the long side (default: preset's)")
+    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--seed", type=int, default=0, help="seeds init, data order and flips (default 0)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
+    p.add_argument("--log-every", type=int, default=10, help="append losses to log.jsonl every N steps")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT_DIR/checkpoint.pt (exact: same data order and RNG)")
+    p.add_argument("--cpu", action="store_true", help="force CPU even if an accelerator is present")
+    return p
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        # Cosine to 10% of peak: late steps refine boxes without oscillating.
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    args = build_parser().parse_args(argv)
+    sources = [(f, "coarse") for f in args.coarse] + [(f, "fine") for f in args.fine]
+    if not sources:
+        raise SystemExit("error: give at least one --coarse or --fine COCO file")
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
+
+    accelerator = Accelerator(cpu=args.cpu)
+    set_seed(args.seed)
+    config = get_config(args.preset) if args.init is None else None
+    model = UPNModel(config) if args.init is None else UPNModel.from_pretrained(args.init)
+    config = model.config
+    if args.short_side is not None or args.max_size is not None:
+        short = args.short_side or config.image.short_side
+        # dataclasses.replace re-runs validation; the saved model keeps the training resize rule.
+        config.image = dataclasses.replace(config.image, short_side=short,
+                                           max_size=args.max_size or max(config.image.max_size, short))
+
+    samples, skipped = load_coco_sources(sources, args.image_root)
+    if not samples:
+        raise SystemExit("error: the COCO files contain no images")
+    dataset = UPNDetectionDataset(samples, config.image.short_side, config.image.max_size,
+                                  config.image.mean, config.image.std)
+    accelerator.print(f"UPN {config.name}: {model.num_parameters() / 1e6:.2f}M params, "
+                      f"{len(samples)} samples ({dict(Counter(s['granularity'] for s in samples))}), "
+                      f"skipped annotations: {dict(skipped) or 'none'}")
+
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.body.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.body.")]
+    groups = [{"name": "backbone", "params": backbone}, {"name": "transformer+heads+prompts", "params": rest}]
+    for g in groups:
+        accelerator.print(f"  param group {g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M")
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup_steps, args.steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
+    start_step = 0
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            raise SystemExit(f"error: --resume given but {ckpt_path} does not exist")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        accelerator.unwrap_model(model).load_state_dict_checked(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = int(state["step"])
+        accelerator.print(f"resumed from {ckpt_path} at step {start_step}")
+
+    sampler = StepBatchSampler(len(dataset), args.batch_size, args.seed, start_step, args.steps,
+                               flip=not args.no_flip, rank=accelerator.process_index,
+                               world=accelerator.num_processes)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.num_workers)
+
+    def checkpoint(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        raw = accelerator.unwrap_model(model)
+        atomic_torch_save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                           "step": step, "config": raw.config.to_dict()}, ckpt_path)
+        save_model_atomic(raw, os.path.join(args.output_dir, "model"))
+
+    model.train()
+    step = start_step
+    log_path = os.path.join(args.output_dir, "log.jsonl")
+    bar = tqdm(loader, total=len(sampler), initial=0, desc="train upn",
+               disable=not accelerator.is_local_main_process)
+    for batch in bar:
+        device = accelerator.device
+        losses = model(batch["pixel_values"].to(device), batch["granularity"],
+                       targets=batch["targets"], pixel_mask=batch["pixel_mask"].to(device))
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; "
+                               f"last good checkpoint: {ckpt_path}")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if args.clip_grad > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.set_postfix(loss=f"{loss.detach().item():.3f}", step=step)
+        if accelerator.is_main_process and (step % args.log_every == 0 or step == args.steps):
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0],
+                                     **{k: round(v.item(), 5) for k, v in losses.items()}}) + "\n")
+        if step % args.save_every == 0 or step == args.steps:
+            checkpoint(step)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"done at step {step}; model in {os.path.join(args.output_dir, 'model')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,14 +77,14 @@ def _car(w, h, color, pattern, rng, min_px):
     parts = [PartShape("body", "polygon", body, color, pattern)]
     if rng.integers(2):
         parts.append(PartShape("window", "polygon",
-                               (0.34 * w, 0.3 * h, 0.38 * w, 0.1 * h, 0.5 * w, 0.1 * h, 0.5 * w, 0.3 * h),
+                               (0.34 * w, 0.32 * h, 0.38 * w, 0.08 * h, 0.5 * w, 0.08 * h, 0.5 * w, 0.32 * h),
                                "sky blue"))
         parts.append(PartShape("window", "polygon",
-                               (0.54 * w, 0.3 * h, 0.54 * w, 0.1 * h, 0.68 * w, 0.1 * h, 0.76 * w, 0.3 * h),
+                               (0.54 * w, 0.32 * h, 0.54 * w, 0.08 * h, 0.68 * w, 0.08 * h, 0.76 * w, 0.32 * h),
                                "sky blue"))
     else:
         parts.append(PartShape("window", "polygon",
-                               (0.34 * w, 0.3 * h, 0.38 * w, 0.1 * h, 0.68 * w, 0.1 * h, 0.76 * w, 0.3 * h),
+                               (0.34 * w, 0.32 * h, 0.38 * w, 0.08 * h, 0.68 * w, 0.08 * h, 0.76 * w, 0.32 * h),
                                "sky blue"))
     for cx in (0.22 * w, 0.78 * w):
         parts.append(PartShape("wheel", "ellipse", (cx - r, h - 2 * r, cx + r, h), "black"))

@@ -26,7 +26,7 @@ from .language import (
     part_phrase,
     queries,
 )
-from .referring import candidate_refs, choose_ref, part_positions, part_ref_text
+from .referring import candidate_refs, choose_ref, landmark_ref, part_positions, part_ref_text
 from .render import render_scene
 from .scene import Scene, sample_scene
 from .vocabulary import GENERATOR_VERSION, SPLIT_CODES, SPLITS
@@ -57,7 +57,8 @@ def build_record(scene: Scene, rng: np.random.Generator, image: str, record_id: 
     """The DESIGN.md §5 record of a laid-out scene (uses ``rng`` for language choices)."""
     side = min(scene.width, scene.height)
     objs = scene.objects
-    cands = [candidate_refs(i, objs, side) for i in range(len(objs))]
+    landmarks = [landmark_ref(k, objs) for k in range(len(objs))]
+    cands = [candidate_refs(i, objs, side, landmarks) for i in range(len(objs))]
     refs = [choose_ref(c, rng) for c in cands]
     color_refs = [choose_ref(c, rng, avoid_color=True) for c in cands]
 

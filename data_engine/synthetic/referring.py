@@ -97,8 +97,15 @@ def landmark_ref(i: int, objects: list[SceneObject]) -> Ref:
     raise AssertionError("full attribute tuples are unique per scene")
 
 
-def candidate_refs(i: int, objects: list[SceneObject], side: float) -> dict[str, list[Ref]]:
-    """All unambiguous expressions for object ``i``, by kind (attribute/superlative/relation)."""
+def candidate_refs(i: int, objects: list[SceneObject], side: float,
+                   landmarks: list[Ref] | None = None) -> dict[str, list[Ref]]:
+    """All unambiguous expressions for object ``i``, by kind (attribute/superlative/relation).
+
+    Each one is checked with ``resolve`` before it is returned. ``landmarks`` (optional cache):
+    ``landmark_ref(k, objects)`` for every k.
+    """
+    if landmarks is None:
+        landmarks = [landmark_ref(k, objects) for k in range(len(objects))]
     target = objects[i]
     margin = MARGIN * side
     out: dict[str, list[Ref]] = {"attribute": [], "superlative": [], "relation": []}
@@ -116,7 +123,7 @@ def candidate_refs(i: int, objects: list[SceneObject], side: float) -> dict[str,
         for k, land in enumerate(objects):
             if k == i:
                 continue
-            lref = landmark_ref(k, objects)
+            lref = landmarks[k]
             for rel in RELATIONS:
                 if relation_score(rel, target.box, land.box, side) < margin:
                     continue

@@ -39,7 +39,7 @@ def sample_background(rng: np.random.Generator) -> Background:
     names = photo_names()
     if names and rng.random() < PHOTO_FRACTION:
         return Background("photo", names[int(rng.integers(len(names)))], {
-            "crop": float(rng.uniform(0.45, 1.0)),  # crop side as a fraction of the short side
+            "crop": float(rng.uniform(0.35, 0.8)),  # crop side as a fraction of the short side
             "cx": float(rng.random()), "cy": float(rng.random()),
             "flip": bool(rng.integers(2)),
             "tint": [int(v) for v in rng.integers(120, 256, size=3)],  # for grayscale photos

@@ -272,8 +272,8 @@ def negative_referring(scene: Scene, rng: np.random.Generator) -> str | None:
         lm = [k for k in range(len(objs)) if k != i]
         k = lm[int(rng.integers(len(lm)))]
         base = landmark_ref(i, objs)
-        for rel in rng.permutation(len(RELATIONS)):
-            rel = RELATIONS[int(rel)]
+        for r in rng.permutation(len(RELATIONS)):
+            rel = RELATIONS[int(r)]
             if relation_score(rel, obj.box, objs[k].box, side) <= -0.02 * side:
                 ref = Ref(base.category, base.color, base.size, base.pattern,
                           relation=rel, landmark=landmark_ref(k, objs))

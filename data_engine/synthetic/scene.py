@@ -14,7 +14,6 @@ import numpy as np
 
 from .objects import PartShape, build_parts, rasterize
 from .vocabulary import (
-    CATEGORIES,
     COLORS,
     HELDOUT_PAIRS,
     MAX_OBJECTS,

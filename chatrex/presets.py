@@ -59,7 +59,25 @@ def chatrex_tiny_random_llama() -> ChatRexConfig:
     )
 
 
+def chatrex_tiny() -> ChatRexConfig:
+    """The bundled model's architecture (~8M parameters), trained from scratch on the synthetic
+    world: CLIP ViT (4 layers, width 128) at 192 px / patch 16 and ConvNeXt (32-256 channels) at
+    384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at width 256."""
+    return ChatRexConfig(
+        vision_low_config=CLIPVisionConfig(
+            hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+            patch_size=16, image_size=192, projection_dim=128,
+        ),
+        vision_high_config=ConvNextConfig(hidden_sizes=[32, 64, 128, 256], depths=[2, 2, 4, 2], image_size=384),
+        text_config=Qwen2Config(
+            vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        ),
+    )
+
+
 PRESETS: dict[str, Callable[[], ChatRexConfig]] = {
+    "chatrex-tiny": chatrex_tiny,
     "chatrex-7b": chatrex_7b,
     "chatrex-tiny-random": chatrex_tiny_random,
     "chatrex-tiny-random-llama": chatrex_tiny_random_llama,

@@ -168,8 +168,9 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
     # Counting: a whole-object category or a part name, sometimes one that is absent.
     present_parts = sorted({p.name for o in objs for p in o.region_parts})
     present = sorted({o.category for o in objs}) + present_parts
-    if rng.random() < 0.25:
-        absent = [c for c in CATEGORIES + PART_CATEGORIES if c not in present]
+    absent = [c for c in CATEGORIES + PART_CATEGORIES if c not in present]
+    # Draw first, then check: a scene that shows every noun must not change the random stream.
+    if rng.random() < 0.25 and absent:
         noun = absent[int(rng.integers(len(absent)))]
     else:
         noun = present[int(rng.integers(len(present)))]

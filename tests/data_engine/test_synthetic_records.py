@@ -96,3 +96,14 @@ def test_descriptions_and_phrases_mention_attributes():
                 assert a["size"] in r["description"] and a["color"] in r["description"]
                 if a["pattern"] != "plain":
                     assert a["pattern"] in r["description"]
+
+
+def test_scene_showing_every_counting_noun_still_gets_a_counting_question():
+    # train/seed 0/index 1763 at 384 px once crashed: its counting question wanted an absent
+    # noun but every category and part was present.
+    from data_engine.schema import validate_record
+    from data_engine.synthetic import generate_scene
+
+    _, record = generate_scene("train", 0, 1763, 384)
+    validate_record(record)
+    assert record["conversations"][0]["value"].startswith("How many")

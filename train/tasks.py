@@ -16,7 +16,7 @@ import numpy as np
 
 from chatrex.special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
 
-from . import templates
+from chatrex import templates
 
 TASKS = ("detection", "region", "grounded_caption", "caption", "conversation")
 

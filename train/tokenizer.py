@@ -16,7 +16,7 @@ from typing import Iterator
 
 from chatrex.tokenizer_training import train_bpe_tokenizer
 
-from . import templates
+from chatrex import templates
 from .records import JsonlRecords
 
 _MARKUP = re.compile(r"</?ground>|</?objects>|<obj\d+>")

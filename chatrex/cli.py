@@ -1,0 +1,205 @@
+"""The ``chatrex`` command line.
+
+    chatrex detect street.png "the man in a red shirt" --out annotated.png
+    chatrex ask street.png "How many cars are there?"
+    chatrex proposals street.png --granularity fine --out proposals.png
+    chatrex eval --model chatrex-tiny --data data/synth/test --task referring
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_MODEL = "chatrex-tiny"
+
+
+class UserError(Exception):
+    """Bad input from the command line: printed as one line, exit code 2."""
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise UserError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def _predictor(args):
+    from .predictor import ChatRexPredictor
+
+    try:
+        return ChatRexPredictor.from_pretrained(args.model, upn=getattr(args, "upn", None))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _save(image, path: str) -> None:
+    try:
+        image.save(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot write {path}: {err}") from None
+
+
+def cmd_detect(args) -> int:
+    if not args.phrase.strip():
+        raise UserError("phrase is empty")
+    image = _load_image(args.image)
+    predictor = _predictor(args)
+    predictor.set_image(image)
+    det = predictor.detect(args.phrase)
+    if args.json:
+        print(json.dumps({"phrase": det.phrase, "boxes": [[round(v, 1) for v in b] for b in det.boxes], "answer": det.answer}))
+    else:
+        for b in det.boxes:
+            print(" ".join(f"{v:.1f}" for v in b))
+    if args.out:
+        from .visualize import draw_boxes
+
+        _save(draw_boxes(image, det.boxes, [det.phrase] * len(det.boxes)), args.out)
+    return 0
+
+
+def cmd_ask(args) -> int:
+    if not args.question.strip():
+        raise UserError("question is empty")
+    image = _load_image(args.image)
+    predictor = _predictor(args)
+    predictor.set_image(image)
+    answer = predictor.ask(args.question)
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": answer.text, "raw": answer.raw,
+                          "spans": [{"phrase": s.phrase, "start": s.start, "end": s.end, "boxes": s.boxes} for s in answer.spans]}))
+    else:
+        print(answer.text)
+        for s in answer.spans:
+            print(f"  {s.phrase}: " + "; ".join(" ".join(f"{v:.1f}" for v in b) for b in s.boxes))
+    if args.out:
+        from .visualize import color_for, draw_boxes
+
+        boxes, labels, colors = [], [], []
+        for i, s in enumerate(answer.spans):
+            boxes += s.boxes
+            labels += [s.phrase] * len(s.boxes)
+            colors += [color_for(i)] * len(s.boxes)
+        _save(draw_boxes(image, boxes, labels, colors), args.out)
+    return 0
+
+
+def cmd_proposals(args) -> int:
+    from .predictor import UPN_SUBDIR, resolve_model_path
+
+    image = _load_image(args.image)
+    try:
+        from upn import UPNPredictor
+
+        path = args.upn or os.path.join(resolve_model_path(args.model), UPN_SUBDIR)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"no UPN weights in {path}")
+        predictor = UPNPredictor.from_pretrained(path)
+        props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, max_boxes=args.max_boxes)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps({"boxes": [[round(v, 1) for v in b] for b in props.boxes.tolist()], "scores": [round(s, 4) for s in props.scores.tolist()], "granularity": props.granularity}))
+    else:
+        for b, s, g in zip(props.boxes.tolist(), props.scores.tolist(), props.granularity):
+            print(" ".join(f"{v:.1f}" for v in b) + f" {s:.3f} {g}")
+    if args.out:
+        from .visualize import draw_boxes
+
+        colors = [(230, 159, 0) if g == "coarse" else (86, 180, 233) for g in props.granularity]
+        _save(draw_boxes(image, props.boxes.tolist(), None, colors), args.out)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.runner import evaluate
+
+    if not os.path.isfile(os.path.join(args.data, "records.jsonl")):
+        raise UserError(f"{args.data} has no records.jsonl")
+    try:
+        table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(table.format())
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(table.metrics, f, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.runner import TASKS
+
+    parser = argparse.ArgumentParser(prog="chatrex", description="Grounded multimodal chat: the model answers with box indices from a proposal network.",
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, image=True):
+        if image:
+            p.add_argument("image", help="image file (any format PIL reads)")
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
+        p.add_argument("--upn", help="UPN folder (default: the model folder's upn/)")
+
+    p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red car" --out annotated.png',
+                       description="Print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.")
+    common(p)
+    p.add_argument("phrase", help="category, short phrase or referring expression")
+    p.add_argument("--out", help="write the image with labelled boxes here")
+    p.add_argument("--json", action="store_true", help='print {"phrase", "boxes", "answer"} as one JSON object')
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("ask", help="ask a question about an image", epilog='example: chatrex ask examples/scene1.png "How many boats are there?"',
+                       description="Print the answer; grounded phrases are listed with their boxes.")
+    common(p)
+    p.add_argument("question")
+    p.add_argument("--out", help="write the image with the answer's boxes here")
+    p.add_argument("--json", action="store_true", help="print the answer, raw text and spans as JSON")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("proposals", help="show the proposal network's boxes", epilog="example: chatrex proposals examples/scene1.png --granularity fine --out props.png",
+                       description="Print one line per proposal: x1 y1 x2 y2 score granularity.")
+    common(p)
+    p.add_argument("--granularity", choices=["fine", "coarse", "both"], default="both")
+    p.add_argument("--min-score", type=float, default=0.3)
+    p.add_argument("--max-boxes", type=int, default=100)
+    p.add_argument("--out", help="write the image with the proposals drawn (coarse orange, fine blue)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_proposals)
+
+    p = sub.add_parser("eval", help="evaluate on a records folder (DESIGN.md §8 metrics)", epilog="example: chatrex eval --model chatrex-tiny --data data/synth/test --task detection --limit 100",
+                       description="Detection: per-class-averaged P/R at IoU 0.5 and pycocotools mAP; referring: Acc@0.5; proposals: recall@100 (fine/coarse); region: category accuracy.")
+    common(p, image=False)
+    p.add_argument("--data", required=True, help="folder with records.jsonl and images")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--per-image", type=int, help="at most N queries per image (categories, expressions or regions), drawn reproducibly")
+    p.add_argument("--json-out", help="also write the metrics as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"chatrex {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Evaluation: the metrics of DESIGN.md §8 and a runner over a records folder."""
+
+from .metrics import (
+    ClassCounts,
+    coco_map,
+    detection_precision_recall,
+    greedy_match,
+    proposal_recall,
+    referring_correct,
+)
+
+__all__ = ["ClassCounts", "coco_map", "detection_precision_recall", "greedy_match", "proposal_recall", "referring_correct"]

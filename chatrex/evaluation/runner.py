@@ -1,0 +1,156 @@
+"""``chatrex eval``: run a predictor over a records folder and report DESIGN.md §8 metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .metrics import ClassCounts, coco_map, detection_precision_recall, proposal_recall, referring_correct
+
+TASKS = ("detection", "referring", "region", "proposals")
+
+
+@dataclass
+class EvalTable:
+    task: str
+    metrics: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        width = max(len(k) for k in self.metrics)
+        lines = [f"task: {self.task}", "-" * (width + 14)]
+        for k, v in self.metrics.items():
+            lines.append(f"{k:<{width}}  {v:>10.4f}" if isinstance(v, float) else f"{k:<{width}}  {v:>10}")
+        return "\n".join(lines)
+
+
+def _records(data_dir: str, limit: int | None):
+    from train.records import JsonlRecords  # the same lazy reader training uses
+
+    records = JsonlRecords(os.path.join(data_dir, "records.jsonl"))
+    n = len(records) if limit is None else min(limit, len(records))
+    if n <= 0:
+        raise ValueError(f"nothing to evaluate in {data_dir} (limit={limit})")
+    return [records[i] for i in range(n)]
+
+
+def _image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _sample(items: list, k: int | None, key: str) -> list:
+    """At most ``k`` items, drawn reproducibly (seeded by ``key``) and kept in their order."""
+    if k is None or len(items) <= k:
+        return items
+    rng = np.random.default_rng(list(key.encode()))
+    return [items[i] for i in sorted(rng.choice(len(items), size=k, replace=False))]
+
+
+def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None, per_image: int | None = None) -> EvalTable:
+    """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` for ``task``.
+
+    ``limit`` caps the images; ``per_image`` caps the queries (detection: categories,
+    referring: expressions, region: regions) per image, drawn reproducibly.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if predictor is None:
+        from chatrex.predictor import ChatRexPredictor
+
+        predictor = ChatRexPredictor.from_pretrained(model, upn=upn)
+    records = _records(data_dir, limit)
+    start = time.perf_counter()
+    run = {"detection": _detection, "referring": _referring, "region": _region, "proposals": _proposals}[task]
+    metrics = run(predictor, tqdm(records, desc=f"eval {task}", disable=not progress), per_image)
+    metrics["images"] = len(records)
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    return EvalTable(task, metrics)
+
+
+def _detection(predictor, records, per_image) -> dict:
+    """Every category present in an image is queried by name (kind="category")."""
+    counts: dict[str, ClassCounts] = defaultdict(ClassCounts)
+    coco_images = []
+    for rec in records:
+        predictor.set_image(_image(rec["image"]))
+        gt = defaultdict(list)
+        for r in rec.get("regions", []):
+            gt[r["category"]].append(r["box"])
+        gt = {c: gt[c] for c in _sample(sorted(gt), per_image, rec["image"])}
+        preds = {}
+        for category, boxes in gt.items():
+            det = predictor.detect(category, kind="category")
+            counts[category].add(det.boxes, boxes)
+            preds[category] = list(zip(det.boxes, det.scores))
+        coco_images.append({"gt": dict(gt), "pred": preds, "width": rec["width"], "height": rec["height"]})
+    precision, recall = detection_precision_recall(counts)
+    return {"precision@0.5": precision, "recall@0.5": recall, **coco_map(coco_images), "classes": len(counts), "queries": sum(len(im["gt"]) for im in coco_images)}
+
+
+def _referring(predictor, records, per_image) -> dict:
+    correct = total = neg_correct = neg_total = 0
+    for rec in records:
+        queries = _sample([q for q in rec.get("queries", []) if q.get("type") == "referring"], per_image, rec["image"])
+        if not queries:
+            continue
+        predictor.set_image(_image(rec["image"]))
+        for q in queries:
+            targets = [rec["regions"][t]["box"] for t in q.get("targets", [])]
+            ok = referring_correct(predictor.detect(q["text"], kind="referring").boxes, targets)
+            correct += ok
+            total += 1
+            if not targets:
+                neg_correct += ok
+                neg_total += 1
+    return {
+        "acc@0.5": correct / total if total else 0.0,
+        "acc@0.5 (with target)": (correct - neg_correct) / (total - neg_total) if total > neg_total else 0.0,
+        "acc (no-target queries)": neg_correct / neg_total if neg_total else 0.0,
+        "queries": total,
+    }
+
+
+def _region(predictor, records, per_image) -> dict:
+    """Ground-truth boxes are the box list; each region's category is asked by index."""
+    correct = total = 0
+    per_granularity = defaultdict(lambda: [0, 0])
+    for rec in records:
+        regions = rec.get("regions", [])[:100]
+        if not regions:
+            continue
+        predictor.set_image(_image(rec["image"]), boxes=[r["box"] for r in regions])
+        for i in _sample(list(range(len(regions))), per_image, rec["image"]):
+            r = regions[i]
+            ok = predictor.describe(i, level="category").strip().lower() == r["category"].lower()
+            correct += ok
+            total += 1
+            g = per_granularity[r.get("granularity", "coarse")]
+            g[0] += ok
+            g[1] += 1
+    out = {"category accuracy": correct / total if total else 0.0}
+    for g, (c, t) in sorted(per_granularity.items()):
+        out[f"category accuracy ({g})"] = c / t
+    out["regions"] = total
+    return out
+
+
+def _proposals(predictor, records, per_image) -> dict:
+    """Recall@100 at IoU 0.5 of the merged fine+coarse proposal list the LLM sees."""
+    found = defaultdict(int)
+    totals = defaultdict(int)
+    for rec in records:
+        predictor.set_image(_image(rec["image"]))
+        for g in ("fine", "coarse"):
+            boxes = [r["box"] for r in rec.get("regions", []) if r.get("granularity", "coarse") == g]
+            f, t = proposal_recall(predictor.boxes, boxes, k=100)
+            found[g] += f
+            totals[g] += t
+    return {f"recall@100 ({g})": found[g] / totals[g] if totals[g] else 0.0 for g in ("coarse", "fine")} | {
+        "gt boxes (coarse)": totals["coarse"], "gt boxes (fine)": totals["fine"]}

@@ -1,0 +1,238 @@
+"""``ChatRexPredictor``: the user API. It owns the per-image cache.
+
+``set_image`` runs UPN and both vision encoders once; ``ask``, ``detect`` and ``describe``
+reuse the cached features (segment-anything's predictor pattern). Boxes in and out are pixel
+xyxy in the original image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from . import templates
+from .answer import GroundedSpan, ParsedAnswer, parse_answer
+from .image_processing import ImageMeta, to_rgb_image
+from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
+from .processing_chatrex import ChatRexProcessor
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+UPN_SUBDIR = "upn"
+DESCRIBE_LEVELS = tuple(templates.REGION)
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package (e.g. ``chatrex-tiny``)."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model name or a local folder; ``ValueError`` names both options otherwise."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    bundled = BUNDLED_DIR / str(name_or_path)
+    if (bundled / "config.json").is_file():
+        return bundled
+    raise ValueError(
+        f"unknown model {str(name_or_path)!r}: not a folder with config.json and not a bundled model "
+        f"(bundled: {', '.join(bundled_models()) or 'none'})"
+    )
+
+
+@dataclass
+class Answer:
+    """A parsed answer. ``spans`` carry pixel xyxy boxes of the original image."""
+
+    text: str
+    raw: str
+    spans: list[GroundedSpan] = field(default_factory=list)
+    num_invalid_indices: int = 0
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        return ParsedAnswer(self.text, self.spans).boxes
+
+
+@dataclass
+class Detection:
+    """Boxes (pixel xyxy, original image) the model retrieved for ``phrase``, with their
+    proposal indices and proposal scores."""
+
+    phrase: str
+    boxes: list[list[float]]
+    indices: list[int]
+    scores: list[float]
+    answer: str
+
+
+@dataclass
+class _Cache:
+    meta: ImageMeta
+    features: ChatRexImageFeatures
+    boxes: torch.Tensor  # (K, 4) pixel xyxy
+    scores: torch.Tensor  # (K,)
+    granularity: list[str]
+    object_features: list[torch.Tensor]
+
+
+class ChatRexPredictor:
+    """Grounded chat about one image at a time.
+
+    Args:
+        model: a ChatRex model (eval mode is set here).
+        processor: its processor.
+        upn: a ``upn.UPNPredictor`` for proposals; without one, pass boxes to :meth:`set_image`.
+        proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``.
+        max_new_tokens: generation budget per answer.
+    """
+
+    def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
+                 proposal_min_score: float = 0.3, proposal_nms_iou: float = 0.8, max_new_tokens: int = 96):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.upn = upn
+        self.proposal_min_score = proposal_min_score
+        self.proposal_nms_iou = proposal_nms_iou
+        self.max_new_tokens = max_new_tokens
+        self._cache: _Cache | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "chatrex-tiny", upn: str | os.PathLike | None = None, device: str | torch.device = "cpu", **kwargs) -> "ChatRexPredictor":
+        """Load a bundled model by name (``"chatrex-tiny"``) or a local folder. The UPN comes from
+        ``upn`` or, if absent, from the folder's ``upn/`` subfolder when there is one."""
+        path = resolve_model_path(name_or_path)
+        # Bundled weights are stored in fp16 to keep the repository small; CPUs want fp32.
+        model = ChatRexForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        processor = ChatRexProcessor.from_pretrained(path)
+        upn_path = Path(upn) if upn is not None else path / UPN_SUBDIR
+        upn_predictor = None
+        if upn is not None or (upn_path / "config.json").is_file():
+            from upn import UPNPredictor
+
+            upn_predictor = UPNPredictor.from_pretrained(upn_path, device=device)
+        return cls(model, processor, upn_predictor, device=device, **kwargs)
+
+    # -- image -----------------------------------------------------------------------------
+    def set_image(self, image, boxes=None) -> int:
+        """Encode ``image`` once and propose boxes (or use ``boxes``, pixel xyxy (K, 4), K <= 100).
+
+        Returns the number of boxes the model can refer to.
+        """
+        rgb = to_rgb_image(image)
+        meta = ImageMeta(rgb.width, rgb.height)
+        ip = self.processor.image_processor
+        if boxes is None:
+            if self.upn is None:
+                raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
+            props = self.upn.predict(rgb, prompt_type="both", min_score=self.proposal_min_score, nms_iou=self.proposal_nms_iou, max_boxes=ip.max_objects)
+            pixel_boxes, scores, granularity = props.boxes.float(), props.scores.float(), list(props.granularity)
+        else:
+            pixel_boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).float()
+            scores, granularity = torch.ones(len(pixel_boxes)), ["given"] * len(pixel_boxes)
+        normalized = ip.normalize_boxes(pixel_boxes.numpy(), meta)  # validates and clips
+        low, high, _ = ip.preprocess(rgb)
+        with torch.inference_mode():
+            features = self.model.get_image_features(low[None].to(self.device), high[None].to(self.device))
+            objects = self.model.get_object_features(features.high_res_features, [normalized.to(self.device)])
+        self._cache = _Cache(meta, features, ip.denormalize_boxes(normalized, meta), scores, granularity, objects)
+        return len(pixel_boxes)
+
+    @property
+    def boxes(self) -> torch.Tensor:
+        """(K, 4) pixel xyxy boxes of the current image, in index order."""
+        return self._require().boxes
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self._require().scores
+
+    @property
+    def granularity(self) -> list[str]:
+        return self._require().granularity
+
+    def _require(self) -> _Cache:
+        if self._cache is None:
+            raise RuntimeError("call set_image(image) first")
+        return self._cache
+
+    # -- generation ------------------------------------------------------------------------
+    def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None) -> str:
+        cache = self._require()
+        objects = object_features if object_features is not None else cache.object_features
+        k = num_boxes if num_boxes is not None else len(cache.boxes)
+        ids, _ = self.processor.encode_sample([{"role": "user", "content": question}], num_boxes=k, has_image=True, add_generation_prompt=True)
+        input_ids = torch.tensor([ids], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                image_features=cache.features,
+                object_features=objects,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                eos_token_id=self.processor.tokenizer.eos_token_id,
+            )
+        return self.processor.decode(out[0, input_ids.shape[1]:])
+
+    def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
+        """Free-form question about the current image; grounded phrases come back with boxes."""
+        if not question or not question.strip():
+            raise ValueError("question is empty")
+        raw = self._generate(question.strip(), max_new_tokens=max_new_tokens)
+        parsed = parse_answer(raw, self._require().boxes.tolist())
+        return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices)
+
+    def detect(self, phrase: str, kind: str = "auto") -> Detection:
+        """Boxes of every object matching ``phrase`` (a category, short phrase or referring
+        expression). ``kind`` picks the prompt family; ``"auto"``: one word -> category,
+        starting with "the" -> referring, else phrase."""
+        phrase = (phrase or "").strip()
+        if not phrase:
+            raise ValueError("phrase is empty")
+        if kind == "auto":
+            kind = "category" if len(phrase.split()) == 1 else "referring" if phrase.lower().startswith("the ") else "phrase"
+        if kind not in templates.DETECTION:
+            raise ValueError(f"kind must be 'auto' or one of {sorted(templates.DETECTION)}, got {kind!r}")
+        raw = self._generate(templates.DETECTION[kind][0].format(phrase=phrase))
+        cache = self._require()
+        parsed = parse_answer(raw, cache.boxes.tolist())
+        indices = parsed.indices
+        return Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw)
+
+    def describe(self, box_or_index, level: str = "category") -> str:
+        """Describe one region: an index into :attr:`boxes`, or a pixel xyxy box (added to the
+        box list for this question). ``level``: category, phrase, description or referring."""
+        if level not in DESCRIBE_LEVELS:
+            raise ValueError(f"level must be one of {DESCRIBE_LEVELS}, got {level!r}")
+        cache = self._require()
+        if isinstance(box_or_index, (int, np.integer)):
+            index = int(box_or_index)
+            if not 0 <= index < len(cache.boxes):
+                raise ValueError(f"box index {index} out of range: the image has {len(cache.boxes)} boxes")
+            objects, k = None, None
+        else:
+            box = torch.as_tensor(np.asarray(box_or_index, dtype=np.float64).reshape(1, 4)).float()
+            ip = self.processor.image_processor
+            normalized = ip.normalize_boxes(box.numpy(), cache.meta)
+            same = box_iou(box, cache.boxes).flatten() if len(cache.boxes) else torch.zeros(0)
+            if len(same) and float(same.max()) > 0.95:
+                index, objects, k = int(same.argmax()), None, None
+            else:
+                if len(cache.boxes) >= ip.max_objects:
+                    raise ValueError(f"the image already has {len(cache.boxes)} boxes; describe one by index")
+                with torch.inference_mode():
+                    extra = self.model.get_object_features(cache.features.high_res_features, [normalized.to(self.device)])[0]
+                objects = [torch.cat([cache.object_features[0], extra])]
+                index, k = len(cache.boxes), len(cache.boxes) + 1
+        question = templates.REGION[level][0].format(obj=f"<obj{index}>")
+        return parse_answer(self._generate(question, objects, k), None).text.strip()

@@ -33,13 +33,23 @@ def _load_image(path: str):
         raise UserError(f"cannot read image {path}: {err}") from None
 
 
-def _predictor(args):
+def _text_argument(value: str, what: str) -> str:
+    if not value.strip():
+        raise UserError(f"{what} is empty")
+    return value.strip()
+
+
+def _image_and_predictor(args):
+    """Check the image, load the model, and encode the image once."""
     from .predictor import ChatRexPredictor
 
+    image = _load_image(args.image)
     try:
-        return ChatRexPredictor.from_pretrained(args.model, upn=getattr(args, "upn", None))
+        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
     except ValueError as err:
         raise UserError(str(err)) from None
+    predictor.set_image(image)
+    return image, predictor
 
 
 def _save(image, path: str) -> None:
@@ -50,12 +60,9 @@ def _save(image, path: str) -> None:
 
 
 def cmd_detect(args) -> int:
-    if not args.phrase.strip():
-        raise UserError("phrase is empty")
-    image = _load_image(args.image)
-    predictor = _predictor(args)
-    predictor.set_image(image)
-    det = predictor.detect(args.phrase)
+    phrase = _text_argument(args.phrase, "phrase")
+    image, predictor = _image_and_predictor(args)
+    det = predictor.detect(phrase)
     if args.json:
         print(json.dumps({"phrase": det.phrase, "boxes": [[round(v, 1) for v in b] for b in det.boxes], "answer": det.answer}))
     else:
@@ -69,12 +76,9 @@ def cmd_detect(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    if not args.question.strip():
-        raise UserError("question is empty")
-    image = _load_image(args.image)
-    predictor = _predictor(args)
-    predictor.set_image(image)
-    answer = predictor.ask(args.question)
+    question = _text_argument(args.question, "question")
+    image, predictor = _image_and_predictor(args)
+    answer = predictor.ask(question)
     if args.json:
         print(json.dumps({"question": args.question, "answer": answer.text, "raw": answer.raw,
                           "spans": [{"phrase": s.phrase, "start": s.start, "end": s.end, "boxes": s.boxes} for s in answer.spans]}))

@@ -7,7 +7,9 @@ xyxy in the original image.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +94,15 @@ class ChatRexPredictor:
         upn: a ``upn.UPNPredictor`` for proposals; without one, pass boxes to :meth:`set_image`.
         proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``.
         max_new_tokens: generation budget per answer.
+        cache_size: how many encoded images to keep; ``set_image`` on an image seen recently
+            (same pixels, same boxes) reuses its encoding instead of running UPN and the
+            encoders again.
     """
 
     def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
-                 proposal_min_score: float = 0.3, proposal_nms_iou: float = 0.8, max_new_tokens: int = 96):
+                 proposal_min_score: float = 0.3, proposal_nms_iou: float = 0.8, max_new_tokens: int = 96, cache_size: int = 4):
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
@@ -103,7 +110,9 @@ class ChatRexPredictor:
         self.proposal_min_score = proposal_min_score
         self.proposal_nms_iou = proposal_nms_iou
         self.max_new_tokens = max_new_tokens
+        self.cache_size = cache_size
         self._cache: _Cache | None = None
+        self._recent: OrderedDict[str, _Cache] = OrderedDict()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "chatrex-tiny", upn: str | os.PathLike | None = None, device: str | torch.device = "cpu", **kwargs) -> "ChatRexPredictor":
@@ -128,6 +137,11 @@ class ChatRexPredictor:
         Returns the number of boxes the model can refer to.
         """
         rgb = to_rgb_image(image)
+        key = self._cache_key(rgb, boxes)
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            self._cache = self._recent[key]
+            return len(self._cache.boxes)
         meta = ImageMeta(rgb.width, rgb.height)
         ip = self.processor.image_processor
         if boxes is None:
@@ -144,7 +158,18 @@ class ChatRexPredictor:
             features = self.model.get_image_features(low[None].to(self.device), high[None].to(self.device))
             objects = self.model.get_object_features(features.high_res_features, [normalized.to(self.device)])
         self._cache = _Cache(meta, features, ip.denormalize_boxes(normalized, meta), scores, granularity, objects)
+        self._recent[key] = self._cache
+        while len(self._recent) > self.cache_size:
+            self._recent.popitem(last=False)
         return len(pixel_boxes)
+
+    @staticmethod
+    def _cache_key(rgb, boxes) -> str:
+        digest = hashlib.sha1(rgb.tobytes())
+        digest.update(repr(rgb.size).encode())
+        if boxes is not None:
+            digest.update(np.asarray(boxes, dtype=np.float64).tobytes())
+        return digest.hexdigest()
 
     @property
     def boxes(self) -> torch.Tensor:

@@ -57,6 +57,10 @@ def test_set_image_encodes_once(predictor, image_path):
         predictor.detect("red car")
         predictor.describe(1)
         assert len(calls) == 1  # questions reuse the cached features
+        predictor.set_image(Image.open(image_path).convert("L"))  # a different image: encoded
+        assert len(calls) == 2
+        predictor.set_image(Image.open(image_path), boxes=BOXES)  # seen before: reused
+        assert len(calls) == 2 and len(predictor.boxes) == 3
     finally:
         handle.remove()
     assert isinstance(answer, Answer)

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test clean
+.PHONY: setup test demo clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The Gradio demo with the bundled chatrex-tiny on http://127.0.0.1:7860 (PORT=... to change).
+PORT ?= 7860
+demo: setup
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m demo --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

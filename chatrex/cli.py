@@ -141,6 +141,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from demo.app import main as demo_main
+
+    argv = ["--model", args.model, "--host", args.host, "--port", str(args.port)] + (["--share"] if args.share else [])
+    return demo_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation.runner import TASKS
 
@@ -190,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", help="also write the metrics as JSON here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="serve the Gradio chat demo", epilog="example: chatrex demo --port 7860",
+                       description="Chat with box answers and a proposals view, on http://HOST:PORT (loopback by default).")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -25,10 +25,10 @@ _GROUP = re.compile(
     + re.escape(OBJECTS_END),
     re.DOTALL,
 )
-_OBJ = re.compile(r"<obj(\d+)>")
+_OBJ = re.compile(r"<obj([0-9]{1,3})>")
 # Markup left outside a well-formed group (unclosed tags, stray <objN>) carries no grounding.
 _LEFTOVER = re.compile(
-    "|".join(re.escape(t) for t in (GROUND_START, GROUND_END, OBJECTS_START, OBJECTS_END)) + r"|<obj\d+>"
+    "|".join(re.escape(t) for t in (GROUND_START, GROUND_END, OBJECTS_START, OBJECTS_END)) + r"|<obj[0-9]{1,3}>"
 )
 
 

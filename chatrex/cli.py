@@ -21,16 +21,12 @@ class UserError(Exception):
 
 
 def _load_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from .image_processing import load_image
 
-    if not os.path.isfile(path):
-        raise UserError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+        return load_image(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
 
 
 def _text_argument(value: str, what: str) -> str:
@@ -46,9 +42,10 @@ def _image_and_predictor(args):
     image = _load_image(args.image)
     try:
         predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
-    except ValueError as err:
+        predictor.set_image(image)
+    except (ValueError, RuntimeError, OSError) as err:
+        # e.g. a model folder without upn/, or a --upn folder that does not exist
         raise UserError(str(err)) from None
-    predictor.set_image(image)
     return image, predictor
 
 
@@ -110,7 +107,7 @@ def cmd_proposals(args) -> int:
             raise UserError(f"no UPN weights in {path}")
         predictor = UPNPredictor.from_pretrained(path)
         props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, max_boxes=args.max_boxes)
-    except ValueError as err:
+    except (ValueError, RuntimeError, OSError) as err:
         raise UserError(str(err)) from None
     if args.json:
         print(json.dumps({"boxes": [[round(v, 1) for v in b] for b in props.boxes.tolist()], "scores": [round(s, 4) for s in props.scores.tolist()], "granularity": props.granularity}))
@@ -132,12 +129,17 @@ def cmd_eval(args) -> int:
         raise UserError(f"{args.data} has no records.jsonl")
     try:
         table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        raise UserError(f"{type(err).__name__}: {err}") from None
     print(table.format())
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(table.metrics, f, indent=2)
+        try:
+            tmp = args.json_out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(table.metrics, f, indent=2)
+            os.replace(tmp, args.json_out)
+        except OSError as err:
+            raise UserError(f"cannot write {args.json_out}: {err}") from None
     return 0
 
 

@@ -11,11 +11,12 @@ forward map is ``b / side`` and its inverse is ``b * side`` (then clipped to the
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,6 +50,23 @@ def to_rgb_image(image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
+
+
+def load_image(path) -> Image.Image:
+    """Open an image file fully (a truncated file fails here) and return it as RGB.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable image (including decompression-bomb sized images).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb_image(img)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:

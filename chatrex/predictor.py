@@ -167,8 +167,11 @@ class ChatRexPredictor:
     def _cache_key(rgb, boxes) -> str:
         digest = hashlib.sha1(rgb.tobytes())
         digest.update(repr(rgb.size).encode())
-        if boxes is not None:
-            digest.update(np.asarray(boxes, dtype=np.float64).tobytes())
+        if boxes is None:
+            digest.update(b"upn")
+        else:
+            arr = np.asarray(boxes, dtype=np.float64)
+            digest.update(b"boxes" + repr(arr.shape).encode() + arr.tobytes())
         return digest.hexdigest()
 
     @property

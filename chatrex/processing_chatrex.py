@@ -113,7 +113,8 @@ class ChatRexProcessor:
             upto = self._render(messages[: i + 1], add_generation_prompt=False)
             if not upto.startswith(prompt):
                 raise RuntimeError("chat template is not prefix-stable; cannot locate assistant answers for labels")
-            spans.append((len(prompt), len(upto)))
+            # Trailing whitespace after the end-of-turn token is template layout, not answer.
+            spans.append((len(prompt), len(upto.rstrip())))
         return spans
 
     # -- main entry ----------------------------------------------------------------------

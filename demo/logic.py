@@ -7,12 +7,14 @@ friendly message instead of raising.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 from PIL import Image
 
-from chatrex.image_processing import to_rgb_image
+from chatrex import templates
+from chatrex.image_processing import load_image, to_rgb_image
 from chatrex.visualize import PALETTE, draw_boxes
 
 MAX_SIDE = 2048
@@ -45,7 +47,7 @@ def prepare_image(image) -> tuple[Image.Image | None, str]:
     if image is None:
         return None, "Please upload an image first (or pick an example)."
     try:
-        rgb = to_rgb_image(Image.open(image) if isinstance(image, str) else image)
+        rgb = load_image(image) if isinstance(image, str) else to_rgb_image(image)
     except (ValueError, OSError) as err:
         return None, f"That file is not an image I can read ({err})."
     notice = ""
@@ -55,6 +57,23 @@ def prepare_image(image) -> tuple[Image.Image | None, str]:
         rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
         notice = f"The image was {w}x{h}; it was downscaled to {rgb.width}x{rgb.height}."
     return rgb, notice
+
+
+def _friendly(method):
+    """Model-side failures (e.g. a model folder without a proposal network) become a message in
+    the chat instead of an error page."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, RuntimeError, OSError) as err:
+            message = f"Sorry, that did not work: {err}"
+            if method.__name__ == "proposals":
+                return None, message
+            return Reply(message, [(message, None)], {}, None)
+
+    return wrapper
 
 
 class DemoLogic:
@@ -83,6 +102,7 @@ class DemoLogic:
         annotated = draw_boxes(image, boxes, labels, colors)
         return Reply(text or "(no answer)", pieces, color_map, annotated, notice)
 
+    @_friendly
     def ask(self, image, question: str) -> Reply:
         """Free-form question; grounded phrases are coloured and their boxes drawn."""
         rgb, notice = prepare_image(image)
@@ -95,6 +115,7 @@ class DemoLogic:
             answer = self.predictor.ask(question.strip())
         return self._reply_from_answer(rgb, answer.text, answer.spans, notice)
 
+    @_friendly
     def detect(self, image, phrase: str) -> Reply:
         """Boxes for a phrase, shown as one grounded span."""
         rgb, notice = prepare_image(image)
@@ -112,7 +133,11 @@ class DemoLogic:
         label = f"{phrase.strip()} [1]"
         return Reply(text, [(text, label)], {label: hex_color(0)}, draw_boxes(rgb, det.boxes, [phrase.strip()] * len(det.boxes), [PALETTE[0]] * len(det.boxes)), notice)
 
+    @_friendly
     def describe(self, image, index, level: str = "description") -> Reply:
+        if level not in templates.REGION:
+            msg = f"Describe as one of {', '.join(templates.REGION)}."
+            return Reply(msg, [(msg, None)], {}, None)
         rgb, notice = prepare_image(image)
         if rgb is None:
             return Reply(notice, [(notice, None)], {}, None)
@@ -129,13 +154,16 @@ class DemoLogic:
         return Reply(text or "(no answer)", [(text or "(no answer)", label)], {label: hex_color(0)}, draw_boxes(rgb, [box], [label], [PALETTE[0]]), notice)
 
     def grounded_caption(self, image) -> Reply:
-        return self.ask(image, "Briefly describe the image and ground the objects you mention.")
+        return self.ask(image, templates.GROUNDED_CAPTION[0])  # the wording the model was trained with
 
+    @_friendly
     def proposals(self, image, granularity: str = "both", min_score: float = 0.3) -> tuple[Image.Image | None, str]:
         """UPN proposals drawn on the image (coarse orange, fine blue) and a one-line summary."""
         rgb, notice = prepare_image(image)
         if rgb is None:
             return None, notice
+        if granularity not in ("both", "coarse", "fine"):
+            return None, f"Granularity must be both, coarse or fine, not {granularity!r}."
         upn = self.predictor.upn
         if upn is None:
             return rgb, "This model has no proposal network."

@@ -85,6 +85,7 @@ class TrainConfig:
     train: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "TrainConfig":
+        self._check_types()
         if self.stage not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
         if not self.data.train:
@@ -116,6 +117,24 @@ class TrainConfig:
         if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
             raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
         return self
+
+    def _check_types(self) -> None:
+        """YAML quirks surface here with the key named (e.g. ``lr: 2e-4`` is read as a string)."""
+        for section in ("data", "optim", "train"):
+            obj = getattr(self, section)
+            defaults = type(obj)()
+            for f in dataclasses.fields(obj):
+                default, value = getattr(defaults, f.name), getattr(obj, f.name)
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise ValueError(f"invalid {section}.{f.name}: {value!r} (expected true/false)")
+                elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise ValueError(f"invalid {section}.{f.name}: {value!r} (expected a number)")
+        if not isinstance(self.data.train, list) or not isinstance(self.data.eval, list):
+            raise ValueError(f"data.train and data.eval must be lists of paths, got {self.data.train!r} and {self.data.eval!r}")
+        for name, lr in self.optim.lr.items():
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+                raise ValueError(f"invalid optim.lr.{name}: {lr!r} (expected a number; write 2.0e-4, not 2e-4, in YAML)")
 
 
 def _from_dict(cls, data: dict, where: str):

@@ -11,7 +11,6 @@ so batches never shrink and every process takes the same number of steps.
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Callable
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from chatrex.image_processing import to_rgb_image, validate_boxes
+from chatrex.image_processing import load_image, validate_boxes
 
 from .box_list import build_box_list
 from .tasks import BUILDERS, TASKS, BadSample
@@ -125,11 +124,10 @@ class ChatRexDataset(torch.utils.data.Dataset):
     def _load_image(self, path) -> Image.Image:
         if not isinstance(path, str) or not path:
             raise BadSample(f"record has no image path ({path!r})")
-        if not os.path.isfile(path):
-            raise BadSample(f"image file {path!r} does not exist")
-        with Image.open(path) as img:
-            img.load()  # decode now so a truncated file fails here, not in the collator
-            return to_rgb_image(img)
+        try:
+            return load_image(path)  # decodes now, so a truncated file fails here, not in the collator
+        except FileNotFoundError as err:
+            raise BadSample(str(err)) from None
 
     def _proposals(self, record: dict, image: Image.Image) -> np.ndarray:
         props = []

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from chatrex.special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
+from chatrex.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
 
 from chatrex import templates
 
@@ -121,7 +121,10 @@ def build_conversation(record: dict, region_to_index: list[int | None], rng: np.
     out = []
     for turn in turns:
         role = turn.get("from", turn.get("role"))
-        value = turn.get("value", turn.get("content", ""))
+        # LLaVA-style records write "<image>\n" into the first turn; the processor places it.
+        value = str(turn.get("value", turn.get("content", ""))).replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "")
+        if OBJFEAT_TOKEN in value:
+            raise BadSample(f"conversation text contains {OBJFEAT_TOKEN}")
         out.append({"role": "assistant" if role in ("gpt", "assistant") else "user", "content": remap_indices(str(value), region_to_index)})
     if out[0]["role"] != "user" or not any(t["role"] == "assistant" for t in out):
         raise BadSample("conversation must start with a human turn and contain an answer")

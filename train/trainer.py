@@ -103,13 +103,18 @@ def _model_inputs(batch) -> dict:
     return {k: v for k, v in batch.items() if k != "skipped"}
 
 
+def _to_device(batch: dict, device) -> dict:
+    return {k: [t.to(device) for t in v] if k == "boxes" else v.to(device) for k, v in _model_inputs(batch).items()}
+
+
 @torch.no_grad()
-def evaluate(model, loader) -> float:
+def evaluate(model, loader, device) -> float:
     """Mean loss over ``loader`` (token-weighted per batch), computed identically on every rank."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in loader:
+        batch = _to_device(batch, device)
         n = int((batch["labels"][:, 1:] != -100).sum())
         total += float(model(**_model_inputs(batch)).loss) * n
         count += n
@@ -155,6 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     accelerator.register_for_checkpointing(scheduler)
 
     step, skipped, last_loss, eval_loss = 0, {}, float("nan"), None
+    epoch, offset = 0, 0  # offset: batches of `epoch` already consumed
     if resume:
         path = latest_checkpoint(out)
         if path is None:
@@ -162,20 +168,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         else:
             state = load_checkpoint(accelerator, path)
             step, skipped = state["step"], {int(k): v for k, v in state.get("skipped", {}).items()}
+            # Stored, not derived from step: accelerate closes an accumulation window at the end
+            # of every epoch, so a step does not always cover grad_accum batches.
+            epoch, offset = state["epoch"], state["batches_in_epoch"]
             accelerator.print(f"resumed from {path} at step {step}")
 
     batches_per_epoch = len(loader)
-    consumed = step * cfg.train.grad_accum
-    epoch, offset = divmod(consumed, batches_per_epoch)
+    if offset >= batches_per_epoch:
+        epoch, offset = epoch + 1, 0
     metrics_path = os.path.join(out, "metrics.jsonl")
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     timed_samples, timed_since = 0, None
     last_saved = step
+    batches_seen = offset
 
     def checkpoint():
         nonlocal last_saved
-        state = {"step": step, "epoch": epoch, "skipped": {str(k): v for k, v in skipped.items()}, "last_loss": last_loss}
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_seen, "skipped": {str(k): v for k, v in skipped.items()}, "last_loss": last_loss}
         save_checkpoint(accelerator, out, step, state, cfg.train.keep_checkpoints)
         last_saved = step
 
@@ -183,7 +193,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         while step < cfg.train.max_steps:
             sampler.start_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+            batches_seen = offset
             for batch in epoch_loader:
+                batches_seen += 1
                 for index, reason in batch["skipped"]:
                     skipped.setdefault(index, reason)
                 with accelerator.accumulate(model):
@@ -206,7 +218,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 row = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
                 if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):
-                    eval_loss = evaluate(accelerator.unwrap_model(model), eval_loader)
+                    eval_loss = evaluate(accelerator.unwrap_model(model), eval_loader, accelerator.device)
                     row["eval_loss"] = eval_loss
                     accelerator.print(f"step {step}: eval loss {eval_loss:.4f}")
                 if accelerator.is_main_process and (step % cfg.train.log_every == 0 or "eval_loss" in row):

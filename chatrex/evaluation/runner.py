@@ -39,10 +39,9 @@ def _records(data_dir: str, limit: int | None):
 
 
 def _image(path: str):
-    from PIL import Image
+    from chatrex.image_processing import load_image  # the same conversion training uses
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return load_image(path)
 
 
 def _sample(items: list, k: int | None, key: str) -> list:
@@ -122,7 +121,7 @@ def _region(predictor, records, per_image) -> dict:
     correct = total = 0
     per_granularity = defaultdict(lambda: [0, 0])
     for rec in records:
-        regions = rec.get("regions", [])[:100]
+        regions = rec.get("regions", [])[: predictor.processor.image_processor.max_objects]
         if not regions:
             continue
         predictor.set_image(_image(rec["image"]), boxes=[r["box"] for r in regions])

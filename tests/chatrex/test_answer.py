@@ -68,3 +68,10 @@ def test_no_boxes_means_every_index_invalid():
 def test_negative_answer_without_groups():
     out = parse_answer("There is no such object.", BOXES)
     assert out.text == "There is no such object." and out.spans == [] and out.boxes == []
+
+
+def test_huge_or_non_ascii_indices_never_raise():
+    out = parse_answer("<ground>a</ground><objects><obj" + "1" * 5000 + "></objects>", BOXES)
+    assert out.spans[0].indices == [] and out.num_invalid_indices == 1
+    arabic = parse_answer("<ground>a</ground><objects><obj\u0663></objects>", BOXES)
+    assert arabic.spans[0].indices == []

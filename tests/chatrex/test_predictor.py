@@ -154,3 +154,19 @@ def test_cli_help_has_examples(capsys):
         main(["detect", "--help"])
     assert exit_info.value.code == 0
     assert "example: chatrex detect" in capsys.readouterr().out
+
+
+def test_cache_tells_no_boxes_from_proposals(predictor, image_path):
+    image = Image.open(image_path)
+    assert predictor.set_image(image) > 0  # UPN proposals
+    assert predictor.set_image(image, boxes=[]) == 0  # an explicit empty list is not "use UPN"
+    assert predictor.set_image(image) > 0
+
+
+def test_cli_model_without_upn_is_one_line_error(model_dir, image_path, tmp_path, capsys):
+    import shutil
+
+    no_upn = tmp_path / "no-upn"
+    shutil.copytree(model_dir, no_upn, ignore=shutil.ignore_patterns("upn"))
+    assert main(["detect", str(image_path), "car", "--model", str(no_upn)]) == 2
+    assert "no proposal network" in capsys.readouterr().err

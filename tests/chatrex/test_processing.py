@@ -33,7 +33,7 @@ def test_labels_only_on_answers(proc, rgb_image):
         {"from": "gpt", "value": "it is yellow."},
     ]
     batch = proc(images=[rgb_image], conversations=[conv], boxes=[BOXES])
-    assert _decode_labelled(proc, batch) == "<ground>red car</ground><objects><obj1></objects><|im_end|>\nit is yellow.<|im_end|>\n"
+    assert _decode_labelled(proc, batch) == "<ground>red car</ground><objects><obj1></objects><|im_end|>it is yellow.<|im_end|>"
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     kept = labels != IGNORE_INDEX
     assert torch.equal(ids[kept], labels[kept])
@@ -94,5 +94,5 @@ def test_real_qwen_tokenizer_in_processor(qwen_tokenizer_dir, rgb_image):
     labelled = _decode_labelled(proc, batch)
     # This tokenizer ships a Qwen3 template, which writes an empty think block into the answer
     # turn: the model must produce it after the generation prompt, so it carries loss too.
-    assert labelled.endswith("<ground>red car</ground><objects><obj1></objects><|im_end|>\n")
+    assert labelled.endswith("<ground>red car</ground><objects><obj1></objects><|im_end|>")
     assert "find the red car" not in labelled and "user" not in labelled

@@ -93,3 +93,16 @@ def test_app_builds_with_named_endpoints(logic):
     app = build_app(logic)
     names = {d.api_name for d in app.fns.values() if d.api_name and d.api_visibility == "public"}
     assert {"ask", "detect", "describe", "grounded_caption", "proposals"} <= names
+
+
+def test_model_errors_become_messages(demo_model_dir, tmp_path):
+    import shutil
+
+    no_upn = tmp_path / "no-upn"
+    shutil.copytree(demo_model_dir, no_upn, ignore=shutil.ignore_patterns("upn"))
+    logic = DemoLogic(ChatRexPredictor.from_pretrained(no_upn))
+    reply = logic.ask(EXAMPLE, "find the boat")
+    assert reply.text.startswith("Sorry") and "proposal network" in reply.text
+    assert logic.proposals(EXAMPLE)[1] == "This model has no proposal network."
+    assert "granularity" in logic.proposals(EXAMPLE, "medium")[1].lower()
+    assert logic.describe(EXAMPLE, 0, "poem").text.startswith("Describe as one of")

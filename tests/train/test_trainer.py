@@ -108,3 +108,22 @@ def test_config_errors_name_the_field(records_path, tiny_tokenizer_dir, tmp_path
         tiny_config(str(tmp_path / "nope.jsonl"), tiny_tokenizer_dir, str(tmp_path)).validate()
     with pytest.raises(ValueError, match="set model.tokenizer"):
         load_model_and_processor("chatrex-tiny-random", None)
+
+
+def test_resume_with_grad_accum_across_epoch_boundaries(records_path, tiny_tokenizer_dir, tmp_path):
+    # 6 records, batch 2 -> 3 batches per epoch; grad_accum 2 -> steps close at batches 2, 3 (epoch end), 5, 6, ...
+    common = {"train.max_steps": 4, "train.save_every": 1, "train.grad_accum": 2, "train.keep_checkpoints": 10}
+    straight = train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "a"), **common))
+    os.makedirs(tmp_path / "b")
+    shutil.copytree(tmp_path / "a" / "checkpoint-00000003", tmp_path / "b" / "checkpoint-00000003")
+    resumed = train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "b"), **common), resume=True)
+    assert straight.weights_digest == resumed.weights_digest
+
+
+def test_config_type_errors_name_the_key(records_path, tiny_tokenizer_dir, tmp_path):
+    with pytest.raises(ValueError, match="optim.lr.default"):
+        tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path), **{"optim.lr": "{default: 2e-4}"}).validate()
+    with pytest.raises(ValueError, match="train.max_steps"):
+        tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path), **{"train.max_steps": "ten"}).validate()
+    with pytest.raises(ValueError, match="data.train"):
+        tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path), **{"data.train": records_path}).validate()

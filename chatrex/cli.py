@@ -106,7 +106,7 @@ def cmd_proposals(args) -> int:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"no UPN weights in {path}")
         predictor = UPNPredictor.from_pretrained(path)
-        props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, max_boxes=args.max_boxes)
+        props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, nms_iou=args.nms_iou, max_boxes=args.max_boxes)
     except (ValueError, RuntimeError, OSError) as err:
         raise UserError(str(err)) from None
     if args.json:
@@ -128,7 +128,8 @@ def cmd_eval(args) -> int:
     if not os.path.isfile(os.path.join(args.data, "records.jsonl")):
         raise UserError(f"{args.data} has no records.jsonl")
     try:
-        table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image)
+        table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image,
+                         proposal_min_score=args.proposal_min_score)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
         raise UserError(f"{type(err).__name__}: {err}") from None
     print(table.format())
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print one line per proposal: x1 y1 x2 y2 score granularity.")
     common(p)
     p.add_argument("--granularity", choices=["fine", "coarse", "both"], default="both")
-    p.add_argument("--min-score", type=float, default=0.3)
+    p.add_argument("--min-score", type=float, default=0.1, help="score threshold (default 0.1, the chat's box list)")
+    p.add_argument("--nms-iou", type=float, default=0.6, help="class-agnostic NMS IoU (default 0.6, the chat's box list)")
     p.add_argument("--max-boxes", type=int, default=100)
     p.add_argument("--out", help="write the image with the proposals drawn (coarse orange, fine blue)")
     p.add_argument("--json", action="store_true")
@@ -195,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with records.jsonl and images")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--proposal-min-score", type=float, help="UPN score threshold for the box list (default: the predictor's)")
     p.add_argument("--per-image", type=int, help="at most N queries per image (categories, expressions or regions), drawn reproducibly")
     p.add_argument("--json-out", help="also write the metrics as JSON here")
     p.add_argument("--no-progress", action="store_true")

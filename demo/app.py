@@ -85,7 +85,7 @@ def build_app(logic: DemoLogic, title: str = "ChatRex") -> gr.Blocks:
                 with gr.Column():
                     p_image = gr.Image(type="filepath", label="Image")
                     granularity = gr.Radio(["both", "coarse", "fine"], value="both", label="Granularity")
-                    threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Score threshold")
+                    threshold = gr.Slider(0.0, 1.0, value=logic.predictor.proposal_min_score, step=0.05, label="Score threshold")
                     p_btn = gr.Button("Propose", variant="primary")
                 with gr.Column():
                     p_out = gr.Image(label="Proposals (coarse orange, fine blue; numbers are box indices)")

@@ -157,7 +157,7 @@ class DemoLogic:
         return self.ask(image, templates.GROUNDED_CAPTION[0])  # the wording the model was trained with
 
     @_friendly
-    def proposals(self, image, granularity: str = "both", min_score: float = 0.3) -> tuple[Image.Image | None, str]:
+    def proposals(self, image, granularity: str = "both", min_score: float | None = None) -> tuple[Image.Image | None, str]:
         """UPN proposals drawn on the image (coarse orange, fine blue) and a one-line summary."""
         rgb, notice = prepare_image(image)
         if rgb is None:
@@ -167,8 +167,10 @@ class DemoLogic:
         upn = self.predictor.upn
         if upn is None:
             return rgb, "This model has no proposal network."
+        # The chat's defaults, so that at "both" the numbers drawn are the chat's box indices.
+        min_score = self.predictor.proposal_min_score if min_score is None else float(min_score)
         with self._lock:
-            props = upn.predict(rgb, prompt_type=granularity, min_score=float(min_score), max_boxes=100)
+            props = upn.predict(rgb, prompt_type=granularity, min_score=min_score, nms_iou=self.predictor.proposal_nms_iou, max_boxes=100)
         colors = [(230, 159, 0) if g == "coarse" else (86, 180, 233) for g in props.granularity]
         labels = [str(i) for i in range(len(props))]
         counts = {g: props.granularity.count(g) for g in ("coarse", "fine")}

@@ -52,7 +52,8 @@ def _sample(items: list, k: int | None, key: str) -> list:
     return [items[i] for i in sorted(rng.choice(len(items), size=k, replace=False))]
 
 
-def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None, per_image: int | None = None) -> EvalTable:
+def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None,
+             per_image: int | None = None, proposal_min_score: float | None = None) -> EvalTable:
     """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` for ``task``.
 
     ``limit`` caps the images; ``per_image`` caps the queries (detection: categories,
@@ -63,7 +64,8 @@ def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn
     if predictor is None:
         from chatrex.predictor import ChatRexPredictor
 
-        predictor = ChatRexPredictor.from_pretrained(model, upn=upn)
+        kwargs = {} if proposal_min_score is None else {"proposal_min_score": proposal_min_score}
+        predictor = ChatRexPredictor.from_pretrained(model, upn=upn, **kwargs)
     records = _records(data_dir, limit)
     start = time.perf_counter()
     run = {"detection": _detection, "referring": _referring, "region": _region, "proposals": _proposals}[task]
@@ -144,11 +146,15 @@ def _proposals(predictor, records, per_image) -> dict:
     """Recall@100 at IoU 0.5 of the merged fine+coarse proposal list the LLM sees."""
     found = defaultdict(int)
     totals = defaultdict(int)
+    if predictor.upn is None:
+        raise ValueError("the model has no proposal network (upn/) to evaluate")
     for rec in records:
-        predictor.set_image(_image(rec["image"]))
+        # The same call set_image makes, without running the ChatRex encoders.
+        props = predictor.upn.predict(_image(rec["image"]), prompt_type="both", min_score=predictor.proposal_min_score,
+                                      nms_iou=predictor.proposal_nms_iou, max_boxes=100)
         for g in ("fine", "coarse"):
             boxes = [r["box"] for r in rec.get("regions", []) if r.get("granularity", "coarse") == g]
-            f, t = proposal_recall(predictor.boxes, boxes, k=100)
+            f, t = proposal_recall(props.boxes, boxes, k=100)
             found[g] += f
             totals[g] += t
     return {f"recall@100 ({g})": found[g] / totals[g] if totals[g] else 0.0 for g in ("coarse", "fine")} | {

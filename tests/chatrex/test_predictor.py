@@ -12,22 +12,12 @@ from PIL import Image
 
 from chatrex.cli import main
 from chatrex.predictor import Answer, ChatRexPredictor, Detection, resolve_model_path
-from upn import UPNModel, get_config
 
-from ..conftest import build_tiny
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    model, proc = build_tiny("chatrex-tiny-random", AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
-    path = tmp_path_factory.mktemp("bundle")
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    torch.manual_seed(0)
-    UPNModel(get_config("upn-tiny")).save_pretrained(path / "upn")
-    return path
+def model_dir(tiny_bundle_dir):
+    return tiny_bundle_dir
 
 
 @pytest.fixture(scope="module")

@@ -230,11 +230,12 @@ class ChatRexProcessor:
         return self.image_processor.denormalize_boxes(boxes, ImageMeta(*image_size))
 
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
-        """Decode generated ids keeping ChatRex markup; chat end-of-turn tokens are stripped."""
+        """Decode generated ids keeping ChatRex markup (unless ``skip_special_tokens``); chat
+        end-of-turn and padding tokens are stripped either way."""
+        if skip_special_tokens:
+            return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        if not skip_special_tokens:
-            for tok in (self.tokenizer.eos_token, self.tokenizer.pad_token, "<|im_end|>", "<|endoftext|>"):
-                if tok:
-                    text = text.replace(tok, "")
-            return text.strip()
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+        for tok in (self.tokenizer.eos_token, self.tokenizer.pad_token, "<|im_end|>", "<|endoftext|>"):
+            if tok:
+                text = text.replace(tok, "")
+        return text.strip()

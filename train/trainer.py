@@ -177,6 +177,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if offset >= batches_per_epoch:
         epoch, offset = epoch + 1, 0
     metrics_path = os.path.join(out, "metrics.jsonl")
+    if accelerator.is_main_process:
+        _truncate_metrics(metrics_path, step)
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     timed_samples, timed_since = 0, None
@@ -259,6 +261,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return TrainResult(step, last_loss, eval_loss, rate, n_skipped, final, digest)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop rows logged after ``step`` (by a run that died after its last checkpoint), so a
+    resumed run does not log those steps twice. Rewritten atomically."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(rows)
+    os.replace(tmp, path)
 
 
 def weights_digest(state_dict: dict) -> str:

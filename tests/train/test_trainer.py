@@ -74,6 +74,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(records_path, tiny_tokeni
     monkeypatch.setattr(ChatRexCollator, "__call__", real)
     result = train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), **{"train.max_steps": 5, "train.save_every": 100}), resume=True)
     assert result.steps == 5 and latest_checkpoint(cfg.train.output_dir).endswith("checkpoint-00000005")
+    steps = [json.loads(line)["step"] for line in open(os.path.join(cfg.train.output_dir, "metrics.jsonl"))]
+    assert steps == [1, 2, 3, 4, 5]  # no step logged twice across the interruption
 
 
 def test_bad_records_are_skipped_and_counted(records_path, tiny_tokenizer_dir, tmp_path):
@@ -127,3 +129,24 @@ def test_config_type_errors_name_the_key(records_path, tiny_tokenizer_dir, tmp_p
         tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path), **{"train.max_steps": "ten"}).validate()
     with pytest.raises(ValueError, match="data.train"):
         tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path), **{"data.train": records_path}).validate()
+
+
+def test_crash_after_checkpoint_does_not_duplicate_metrics(records_path, tiny_tokenizer_dir, tmp_path, monkeypatch):
+    overrides = {"train.max_steps": 5, "train.save_every": 2}
+    calls = {"n": 0}
+    real = ChatRexCollator.__call__
+
+    def crashing(self, samples):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated crash")
+        return real(self, samples)
+
+    monkeypatch.setattr(ChatRexCollator, "__call__", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), **overrides))
+    monkeypatch.setattr(ChatRexCollator, "__call__", real)
+    # Step 3 was logged but never checkpointed; the resumed run starts again from step 2.
+    train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), **overrides), resume=True)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5]

@@ -147,9 +147,7 @@ class ChatRexPredictor:
         meta = ImageMeta(rgb.width, rgb.height)
         ip = self.processor.image_processor
         if boxes is None:
-            if self.upn is None:
-                raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
-            props = self.upn.predict(rgb, prompt_type="both", min_score=self.proposal_min_score, nms_iou=self.proposal_nms_iou, max_boxes=ip.max_objects)
+            props = self.propose(rgb)
             pixel_boxes, scores, granularity = props.boxes.float(), props.scores.float(), list(props.granularity)
         else:
             pixel_boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).float()
@@ -175,6 +173,22 @@ class ChatRexPredictor:
             arr = np.asarray(boxes, dtype=np.float64)
             digest.update(b"boxes" + repr(arr.shape).encode() + arr.tobytes())
         return digest.hexdigest()
+
+    def propose(self, image, prompt_type: str = "both", min_score: float | None = None):
+        """UPN proposals with this predictor's settings (score threshold, NMS, at most
+        ``max_objects``): at ``prompt_type="both"`` exactly the box list ``set_image`` builds.
+
+        Returns ``upn.Proposals`` (pixel xyxy boxes, scores, granularity), sorted by score.
+        """
+        if self.upn is None:
+            raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
+        return self.upn.predict(
+            to_rgb_image(image),
+            prompt_type=prompt_type,
+            min_score=self.proposal_min_score if min_score is None else float(min_score),
+            nms_iou=self.proposal_nms_iou,
+            max_boxes=self.processor.image_processor.max_objects,
+        )
 
     @property
     def boxes(self) -> torch.Tensor:

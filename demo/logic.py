@@ -164,13 +164,12 @@ class DemoLogic:
             return None, notice
         if granularity not in ("both", "coarse", "fine"):
             return None, f"Granularity must be both, coarse or fine, not {granularity!r}."
-        upn = self.predictor.upn
-        if upn is None:
+        if self.predictor.upn is None:
             return rgb, "This model has no proposal network."
-        # The chat's defaults, so that at "both" the numbers drawn are the chat's box indices.
+        # The chat's settings, so that at "both" the numbers drawn are the chat's box indices.
         min_score = self.predictor.proposal_min_score if min_score is None else float(min_score)
         with self._lock:
-            props = upn.predict(rgb, prompt_type=granularity, min_score=min_score, nms_iou=self.predictor.proposal_nms_iou, max_boxes=100)
+            props = self.predictor.propose(rgb, prompt_type=granularity, min_score=min_score)
         colors = [(230, 159, 0) if g == "coarse" else (86, 180, 233) for g in props.granularity]
         labels = [str(i) for i in range(len(props))]
         counts = {g: props.granularity.count(g) for g in ("coarse", "fine")}

@@ -149,9 +149,7 @@ def _proposals(predictor, records, per_image) -> dict:
     if predictor.upn is None:
         raise ValueError("the model has no proposal network (upn/) to evaluate")
     for rec in records:
-        # The same call set_image makes, without running the ChatRex encoders.
-        props = predictor.upn.predict(_image(rec["image"]), prompt_type="both", min_score=predictor.proposal_min_score,
-                                      nms_iou=predictor.proposal_nms_iou, max_boxes=100)
+        props = predictor.propose(_image(rec["image"]))  # set_image's box list, without the ChatRex encoders
         for g in ("fine", "coarse"):
             boxes = [r["box"] for r in rec.get("regions", []) if r.get("granularity", "coarse") == g]
             f, t = proposal_recall(props.boxes, boxes, k=100)

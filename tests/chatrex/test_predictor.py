@@ -61,6 +61,8 @@ def test_proposals_come_from_upn(predictor, image_path):
     n = predictor.set_image(Image.open(image_path))
     assert 0 < n <= 100 and predictor.boxes.shape == (n, 4)
     assert set(predictor.granularity) <= {"fine", "coarse"}
+    # propose() is the exact list set_image builds (up to the normalise/denormalise round trip).
+    torch.testing.assert_close(predictor.propose(Image.open(image_path)).boxes, predictor.boxes, atol=1e-3, rtol=0)
     det = predictor.detect("boat")
     assert isinstance(det, Detection) and det.phrase == "boat"
     assert all(0 <= i < n for i in det.indices) and len(det.boxes) == len(det.indices) == len(det.scores)

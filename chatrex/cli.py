@@ -4,6 +4,7 @@
     chatrex ask street.png "How many cars are there?"
     chatrex proposals street.png --granularity fine --out proposals.png
     chatrex eval --model chatrex-tiny --data data/synth/test --task referring
+    chatrex data-engine run --input photos/ --output runs/engine
 """
 
 from __future__ import annotations
@@ -210,10 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
     p.set_defaults(func=cmd_demo)
+
+    # Parsed by data_engine.cli (see main); listed here so `chatrex --help` shows it.
+    sub.add_parser("data-engine", help="run the data engine (run | stats); see chatrex data-engine --help", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["data-engine"]:
+        from data_engine.cli import main as engine_main
+
+        return engine_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-import yaml
+from chatrex.yaml_config import from_dict, load_yaml_with_overrides
 
 DEFAULT_TASK_WEIGHTS = {
     1: {"caption": 1.0, "detection": 1.0},
@@ -46,6 +46,9 @@ class DataConfig:
     """Optional UPN checkpoint to propose boxes on the fly (slower than precomputed proposals)."""
     num_workers: int = 0
     eval_samples: int = 64
+    turns_per_sample: int = 1
+    """Question/answer turns drawn (task by task) for one image and joined into one multi-turn
+    conversation: the image and box tokens are encoded once for several supervised answers."""
 
 
 @dataclass
@@ -106,6 +109,7 @@ class TrainConfig:
             "data.max_boxes": 1 <= self.data.max_boxes <= 100,
             "data.dedup_iou": 0 < self.data.dedup_iou <= 1,
             "data.num_workers": self.data.num_workers >= 0,
+            "data.turns_per_sample": 1 <= self.data.turns_per_sample <= 32,
             "optim.warmup_steps": self.optim.warmup_steps >= 0,
             "optim.max_grad_norm": self.optim.max_grad_norm > 0,
             "train.mixed_precision": self.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
@@ -137,46 +141,10 @@ class TrainConfig:
                 raise ValueError(f"invalid optim.lr.{name}: {lr!r} (expected a number; write 2.0e-4, not 2e-4, in YAML)")
 
 
-def _from_dict(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where or 'config'}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _from_dict(type(default), value, f"{where}.{key}".lstrip("."))
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _parse_scalar(text: str):
-    return yaml.safe_load(text)
-
-
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load YAML (relative record paths resolve against the working directory) and apply
     ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.max_steps=5``)."""
-    data: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ValueError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        dotted, value = item.split("=", 1)
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_scalar(value)
-    return _from_dict(TrainConfig, data, "")
+    return from_dict(TrainConfig, load_yaml_with_overrides(path, overrides))
 
 
 def to_dict(config: TrainConfig) -> dict:

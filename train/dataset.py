@@ -66,9 +66,11 @@ class ChatRexDataset(torch.utils.data.Dataset):
         proposal_fn: optional ``image -> (P, 4) pixel xyxy`` (e.g. a UPN predictor).
         num_proposals: at most this many proposals per sample (default: fill up to ``max_boxes``).
         dedup_iou: proposals overlapping ground truth (or each other) above this IoU are dropped.
+        turns_per_sample: draw this many tasks for the record and join their turns into one
+            multi-turn conversation over the same image and box list.
 
     Items are dicts: ``image`` (RGB PIL), ``boxes`` (K, 4) pixel xyxy, ``conversation``,
-    ``task``, ``record_index`` and ``skipped`` (list of ``(record_index, reason)``).
+    ``task`` (task names joined by ``+``), ``record_index`` and ``skipped`` (list of ``(record_index, reason)``).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         proposal_fn: Callable | None = None,
         num_proposals: int | None = None,
         dedup_iou: float = 0.7,
+        turns_per_sample: int = 1,
     ):
         unknown = set(task_weights) - set(TASKS)
         if unknown:
@@ -91,6 +94,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError(f"task weights must be >= 0, got {task_weights}")
         if not 1 <= max_boxes <= 100:
             raise ValueError(f"max_boxes must be in [1, 100], got {max_boxes}")
+        if not 1 <= turns_per_sample <= 32:
+            raise ValueError(f"turns_per_sample must be in [1, 32], got {turns_per_sample}")
         if len(records) == 0:
             raise ValueError("the dataset has no records")
         self.records = records
@@ -101,6 +106,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         self.proposal_fn = proposal_fn
         self.num_proposals = num_proposals
         self.dedup_iou = dedup_iou
+        self.turns_per_sample = turns_per_sample
 
     def __len__(self) -> int:
         return len(self.records)
@@ -155,20 +161,24 @@ class ChatRexDataset(torch.utils.data.Dataset):
         # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
         gt_boxes = validate_boxes(gt, image.width, image.height, max_objects=10**9)
         box_list = build_box_list(gt_boxes, self._proposals(record, image), rng, self.max_boxes, self.dedup_iou, self.num_proposals)
+        conversation: list[dict] = []
+        names: list[str] = []
+        for _ in range(self.turns_per_sample):
+            task, turns = self._draw_task(record, box_list.gt_to_index, rng)
+            conversation.extend(turns)
+            names.append(task)
+        return {"image": image, "boxes": box_list.boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
+
+    def _draw_task(self, record: dict, gt_to_index, rng: np.random.Generator) -> tuple[str, list[dict]]:
+        """A task drawn by weight among those the record supports, and its turns."""
         tasks = dict(self.task_weights)
         while tasks:
             names = sorted(tasks)
             weights = np.array([tasks[n] for n in names])
             task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-            conversation = BUILDERS[task](record, box_list.gt_to_index, rng)
+            conversation = BUILDERS[task](record, gt_to_index, rng)
             if conversation is not None:
-                return {
-                    "image": image,
-                    "boxes": box_list.boxes,
-                    "conversation": conversation,
-                    "task": task,
-                    "record_index": index,
-                }
+                return task, conversation
             del tasks[task]
         raise BadSample(f"record supports none of the tasks {sorted(self.task_weights)}")
 

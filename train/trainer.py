@@ -96,6 +96,7 @@ def _dataset(cfg: TrainConfig, paths, proposal_fn) -> ChatRexDataset:
         proposal_fn=proposal_fn,
         num_proposals=cfg.data.num_proposals,
         dedup_iou=cfg.data.dedup_iou,
+        turns_per_sample=cfg.data.turns_per_sample,
     )
 
 

@@ -98,3 +98,37 @@ def test_bad_task_weights(records_path):
         ChatRexDataset(JsonlRecords(records_path), {"segmentation": 1.0})
     with pytest.raises(ValueError, match="positive"):
         ChatRexDataset(JsonlRecords(records_path), {"detection": 0.0})
+
+
+def test_turns_per_sample_joins_independent_tasks_over_one_box_list(records_path):
+    recs = JsonlRecords(records_path)
+    one = ChatRexDataset(recs, {"detection": 1.0, "region": 1.0}, seed=3)
+    many = ChatRexDataset(recs, {"detection": 1.0, "region": 1.0}, seed=3, turns_per_sample=4)
+    a, b = one[1], many[1]
+    assert len(b["conversation"]) == 8 and [t["role"] for t in b["conversation"]] == ["user", "assistant"] * 4
+    assert len(b["task"].split("+")) == 4 and set(b["task"].split("+")) <= {"detection", "region"}
+    # The first turn and the box list are what a one-turn sample would have drawn.
+    assert b["conversation"][:2] == a["conversation"] and np.array_equal(a["boxes"], b["boxes"])
+    assert many[1]["conversation"] == b["conversation"]  # deterministic
+    with pytest.raises(ValueError, match="turns_per_sample must be in"):
+        ChatRexDataset(recs, {"detection": 1.0}, turns_per_sample=0)
+
+
+def test_every_answer_of_a_multi_turn_sample_is_supervised(records_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from chatrex import ChatRexProcessor, get_preset_config
+    from train.dataset import ChatRexCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    from chatrex import ChatRexForConditionalGeneration
+
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    model.attach_tokenizer(tok)
+    processor = ChatRexProcessor.from_model_config(model.config, tok)
+    sample = ChatRexDataset(JsonlRecords(records_path), {"region": 1.0}, seed=0, turns_per_sample=3)[0]
+    batch = ChatRexCollator(processor)([sample])
+    labelled = processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
+    for turn in sample["conversation"][1::2]:
+        assert turn["content"] in labelled
+    assert not any(turn["content"] in labelled for turn in sample["conversation"][0::2])

@@ -18,6 +18,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .special_tokens import MAX_OBJECTS
+from .token_compression import METHODS as COMPRESSION_METHODS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 
@@ -37,6 +38,10 @@ class ChatRexConfig(PreTrainedConfig):
         pos_embed_temperature, pos_embed_scale: sine-cosine box position embedding parameters.
         max_objects: the largest number of boxes a prompt may hold (``<obj0>``..``<obj99>``).
         projector_type: ``"mlp2x_gelu"`` (Linear, GELU, Linear) or ``"linear"``.
+        token_compression: ``None`` (no compression), ``"avgpool2x2"``, ``"unshuffle_mlp"`` or
+            ``"tome"``: compress the fused visual tokens before the projector
+            (:mod:`chatrex.token_compression`). Object tokens are never compressed.
+        token_compression_keep: tokens kept by ``"tome"``.
         image_token_id, objfeat_token_id: placeholder ids, set when the tokens are added.
     """
 
@@ -75,6 +80,8 @@ class ChatRexConfig(PreTrainedConfig):
     pos_embed_scale: float = 2 * math.pi
     max_objects: int = MAX_OBJECTS
     projector_type: str = "mlp2x_gelu"
+    token_compression: str | None = None
+    token_compression_keep: int | None = None
     image_token_id: int | None = None
     objfeat_token_id: int | None = None
     tie_word_embeddings: bool = False
@@ -102,7 +109,13 @@ class ChatRexConfig(PreTrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision_grid**2
+        """Visual tokens per image in the prompt (after compression, if any)."""
+        n = self.vision_grid**2
+        if self.token_compression in ("avgpool2x2", "unshuffle_mlp"):
+            return (self.vision_grid // 2) ** 2
+        if self.token_compression == "tome":
+            return min(int(self.token_compression_keep), n)
+        return n
 
     @property
     def high_stride(self) -> int:
@@ -159,5 +172,11 @@ class ChatRexConfig(PreTrainedConfig):
             raise ValueError(f"pos_embed_temperature must be > 0, got {self.pos_embed_temperature}")
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
+        if self.token_compression is not None and self.token_compression not in COMPRESSION_METHODS:
+            raise ValueError(f"token_compression={self.token_compression!r} is not None or one of {COMPRESSION_METHODS}")
+        if self.token_compression in ("avgpool2x2", "unshuffle_mlp") and self.vision_grid % 2:
+            raise ValueError(f"token_compression={self.token_compression!r} needs an even token grid, got {self.vision_grid}")
+        if self.token_compression == "tome" and not (isinstance(self.token_compression_keep, int) and 1 <= self.token_compression_keep <= self.vision_grid**2):
+            raise ValueError(f"token_compression_keep={self.token_compression_keep!r} must be an int in [1, {self.vision_grid ** 2}] for 'tome'")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type={self.projector_type!r} is not one of {PROJECTOR_TYPES}")

@@ -18,6 +18,7 @@ from .configuration_chatrex import ChatRexConfig
 from .object_encoder import ObjectEncoder
 from .projector import build_projector
 from .special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens
+from .token_compression import build_token_compression
 
 # Inputs only the prefill step consumes; later decoding steps read them from the KV cache.
 VISUAL_INPUT_KEYS = ("pixel_values_low", "pixel_values_high", "boxes", "image_features", "object_features")
@@ -28,7 +29,8 @@ class ChatRexImageFeatures(ModelOutput):
     """Encoded image, reusable across questions (the predictor caches it).
 
     Attributes:
-        image_embeds: (B, N, H) projected visual tokens, N = grid², H = LLM hidden size.
+        image_embeds: (B, N, H) projected visual tokens, N = grid² (fewer with
+            ``config.token_compression``), H = LLM hidden size.
         high_res_features: ConvNeXt stage outputs, each (B, C_l, H_l, W_l), for the object encoder.
     """
 
@@ -77,6 +79,7 @@ class ChatRexModel(ChatRexPreTrainedModel):
         hidden = config.text_config.hidden_size
         self.vision_low = vision_low if vision_low is not None else AutoModel.from_config(config.vision_low_config)
         self.vision_high = vision_high if vision_high is not None else AutoModel.from_config(config.vision_high_config)
+        self.token_compression = build_token_compression(config.token_compression, config.image_feature_dim, config.token_compression_keep)
         self.mm_projector = build_projector(config.projector_type, config.image_feature_dim, hidden)
         self.object_encoder = ObjectEncoder(
             config.object_feature_levels,
@@ -104,7 +107,7 @@ class ChatRexModel(ChatRexPreTrainedModel):
             pixel_values_high: (B, 3, S_high, S_high) normalised, e.g. S_high = 768.
 
         Returns:
-            :class:`ChatRexImageFeatures` with ``image_embeds`` (B, grid², H).
+            :class:`ChatRexImageFeatures` with ``image_embeds`` (B, N, H), N = ``config.num_image_tokens``.
         """
         low = self.vision_low(pixel_values_low.to(self.vision_low.dtype), output_hidden_states=True)
         low_tokens = low.hidden_states[self.config.vision_low_feature_layer][:, 1:]  # drop CLS
@@ -118,6 +121,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
                 f"check the input sizes {tuple(pixel_values_low.shape[-2:])} and {tuple(pixel_values_high.shape[-2:])}"
             )
         fused = torch.cat((low_tokens, high_tokens.to(low_tokens.dtype)), dim=-1)
+        if self.token_compression is not None:
+            fused = self.token_compression(fused.to(self.mm_projector_dtype))
         embeds = self.mm_projector(fused.to(self.mm_projector_dtype))
         return ChatRexImageFeatures(image_embeds=embeds, high_res_features=stages)
 

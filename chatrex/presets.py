@@ -84,8 +84,11 @@ PRESETS: dict[str, Callable[[], ChatRexConfig]] = {
 }
 
 
-def get_preset_config(name: str) -> ChatRexConfig:
-    """The config of preset ``name``; raises ``ValueError`` listing the known names."""
+def get_preset_config(name: str, **overrides) -> ChatRexConfig:
+    """The config of preset ``name`` with top-level fields replaced by ``overrides`` (e.g.
+    ``token_compression="avgpool2x2"``); raises ``ValueError`` listing the known names."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()
+    if not overrides:
+        return PRESETS[name]()
+    return ChatRexConfig(**{**PRESETS[name]().to_dict(), **overrides})

@@ -30,6 +30,8 @@ class ModelConfig:
     """A preset name (random init) or a checkpoint directory (e.g. the previous stage's ``final``)."""
     tokenizer: str | None = None
     """Tokenizer directory; required with a preset, optional with a checkpoint (which has one)."""
+    config_overrides: dict = field(default_factory=dict)
+    """Model-config fields to change on load, e.g. ``{token_compression: avgpool2x2}``."""
 
 
 @dataclass

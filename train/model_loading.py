@@ -10,19 +10,26 @@ from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_prese
 from chatrex.presets import PRESETS
 
 
-def load_model_and_processor(init: str, tokenizer: str | None = None):
+def load_model_and_processor(init: str, tokenizer: str | None = None, config_overrides: dict | None = None):
     """``init`` is a preset name (random weights; needs ``tokenizer``) or a checkpoint directory
-    written by ``save_pretrained`` of a model and a processor (e.g. the previous stage)."""
+    written by ``save_pretrained`` of a model and a processor (e.g. the previous stage).
+
+    ``config_overrides`` change model-config fields on load (e.g. ``{"token_compression":
+    "avgpool2x2"}`` to fine-tune a compressed variant); new modules start from random weights
+    and the processor's visual-token count follows the new config.
+    """
+    overrides = dict(config_overrides or {})
     if init in PRESETS:
         if tokenizer is None:
             raise ValueError(f"model.init={init!r} is a preset with random weights; set model.tokenizer to a tokenizer directory")
         tok = AutoTokenizer.from_pretrained(tokenizer)
-        model = ChatRexForConditionalGeneration(get_preset_config(init))
+        model = ChatRexForConditionalGeneration(get_preset_config(init, **overrides))
         model.attach_tokenizer(tok)
         return model, ChatRexProcessor.from_model_config(model.config, tok)
     if not os.path.isdir(init):
         raise ValueError(f"model.init={init!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory")
-    model = ChatRexForConditionalGeneration.from_pretrained(init)
+    model = ChatRexForConditionalGeneration.from_pretrained(init, **overrides)
     processor = ChatRexProcessor.from_pretrained(tokenizer or init)
     model.attach_tokenizer(processor.tokenizer)
+    processor.num_image_tokens = model.config.num_image_tokens
     return model, processor

@@ -18,7 +18,8 @@ STAGES = (1, 2, 3)
 # Module groups of ChatRexForConditionalGeneration, used both for freezing and for learning rates.
 MODULE_GROUPS = {
     "vision": lambda m: [m.model.vision_low, m.model.vision_high],
-    "projectors": lambda m: [m.model.mm_projector, m.model.mm_object_projector],
+    "projectors": lambda m: [m.model.mm_projector, m.model.mm_object_projector]
+    + ([m.model.token_compression] if m.model.token_compression is not None else []),
     "embeddings": lambda m: [m.get_input_embeddings(), m.get_output_embeddings()],
     "llm": lambda m: [m.model.language_model, m.lm_head],
 }

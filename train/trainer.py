@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     set_seed(cfg.train.seed)
 
-    model, processor = load_model_and_processor(cfg.model.init, cfg.model.tokenizer)
+    model, processor = load_model_and_processor(cfg.model.init, cfg.model.tokenizer, cfg.model.config_overrides)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

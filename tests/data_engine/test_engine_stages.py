@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -208,3 +210,12 @@ def test_stage_order_is_checked():
 
 def test_stages_without_filter_or_verify_are_a_valid_order():
     check_order(Pipeline(load_engine_config(None, ["stages=[caption, phrases, grounding]"])).stages)
+
+
+@pytest.mark.parametrize("name", ["engine.yaml", "engine_hf_gpu.yaml"])
+def test_shipped_configs_load(name):
+    import data_engine
+
+    path = os.path.join(os.path.dirname(data_engine.__file__), "configs", name)
+    config = load_engine_config(path)
+    assert config.stages[0] == "filter" and config.backends.verifier.kind in ("rules", "hf")

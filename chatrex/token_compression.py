@@ -34,32 +34,33 @@ def _grid(n: int) -> int:
     return side
 
 
-class AvgPool2x2(nn.Module):
+class _HalveGrid(nn.Module):
+    """Base of the 2x2 methods: (B, G², C) tokens as (B, C, G, G) maps; (G/2)² tokens out."""
+
     def num_output_tokens(self, n: int) -> int:
         return (_grid(n) // 2) ** 2
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, G², C) -> (B, (G/2)², C)."""
+    @staticmethod
+    def to_maps(tokens: torch.Tensor) -> torch.Tensor:
         b, n, c = tokens.shape
         g = _grid(n)
-        maps = tokens.transpose(1, 2).reshape(b, c, g, g)
-        return F.avg_pool2d(maps, 2).flatten(2).transpose(1, 2)
+        return tokens.transpose(1, 2).reshape(b, c, g, g)
 
 
-class UnshuffleMLP(nn.Module):
+class AvgPool2x2(_HalveGrid):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, G², C) -> (B, (G/2)², C)."""
+        return F.avg_pool2d(self.to_maps(tokens), 2).flatten(2).transpose(1, 2)
+
+
+class UnshuffleMLP(_HalveGrid):
     def __init__(self, dim: int):
         super().__init__()
         self.mlp = nn.Sequential(nn.LayerNorm(4 * dim), nn.Linear(4 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
-    def num_output_tokens(self, n: int) -> int:
-        return (_grid(n) // 2) ** 2
-
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, G², C) -> (B, (G/2)², C)."""
-        b, n, c = tokens.shape
-        g = _grid(n)
-        maps = tokens.transpose(1, 2).reshape(b, c, g, g)
-        return self.mlp(F.pixel_unshuffle(maps, 2).flatten(2).transpose(1, 2))
+        return self.mlp(F.pixel_unshuffle(self.to_maps(tokens), 2).flatten(2).transpose(1, 2))
 
 
 class BipartiteMerge(nn.Module):

@@ -49,6 +49,8 @@ class DataConfig:
     num_workers: int = 0
     eval_samples: int = 64
     turns_per_sample: int = 1
+    answer_format: str = "indices"
+    """``indices`` (ChatRex) or ``coordinates`` (the coordinate-output baseline, BENCHMARKS.md)."""
     """Question/answer turns drawn (task by task) for one image and joined into one multi-turn
     conversation: the image and box tokens are encoded once for several supervised answers."""
 
@@ -112,6 +114,7 @@ class TrainConfig:
             "data.dedup_iou": 0 < self.data.dedup_iou <= 1,
             "data.num_workers": self.data.num_workers >= 0,
             "data.turns_per_sample": 1 <= self.data.turns_per_sample <= 32,
+            "data.answer_format": self.data.answer_format in ("indices", "coordinates"),
             "optim.warmup_steps": self.optim.warmup_steps >= 0,
             "optim.max_grad_norm": self.optim.max_grad_norm > 0,
             "train.mixed_precision": self.train.mixed_precision in ("auto", "no", "bf16", "fp16"),

@@ -20,10 +20,13 @@ from PIL import Image, UnidentifiedImageError
 
 from chatrex.image_processing import load_image, validate_boxes
 
+from chatrex.coordinates import to_coordinate_conversation
+
 from .box_list import build_box_list
 from .tasks import BUILDERS, TASKS, BadSample
 
 MAX_SKIP = 100
+ANSWER_FORMATS = ("indices", "coordinates")
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -68,6 +71,9 @@ class ChatRexDataset(torch.utils.data.Dataset):
         dedup_iou: proposals overlapping ground truth (or each other) above this IoU are dropped.
         turns_per_sample: draw this many tasks for the record and join their turns into one
             multi-turn conversation over the same image and box list.
+        answer_format: ``"indices"`` (ChatRex) or ``"coordinates"``: the coordinate-output
+            baseline (:mod:`chatrex.coordinates`). The same samples are drawn, then box
+            indices are rewritten as quantised coordinates and the prompt gets no box tokens.
 
     Items are dicts: ``image`` (RGB PIL), ``boxes`` (K, 4) pixel xyxy, ``conversation``,
     ``task`` (task names joined by ``+``), ``record_index`` and ``skipped`` (list of ``(record_index, reason)``).
@@ -84,6 +90,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         num_proposals: int | None = None,
         dedup_iou: float = 0.7,
         turns_per_sample: int = 1,
+        answer_format: str = "indices",
     ):
         unknown = set(task_weights) - set(TASKS)
         if unknown:
@@ -96,6 +103,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_boxes must be in [1, 100], got {max_boxes}")
         if not 1 <= turns_per_sample <= 32:
             raise ValueError(f"turns_per_sample must be in [1, 32], got {turns_per_sample}")
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         if len(records) == 0:
             raise ValueError("the dataset has no records")
         self.records = records
@@ -107,6 +116,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         self.num_proposals = num_proposals
         self.dedup_iou = dedup_iou
         self.turns_per_sample = turns_per_sample
+        self.answer_format = answer_format
 
     def __len__(self) -> int:
         return len(self.records)
@@ -167,7 +177,11 @@ class ChatRexDataset(torch.utils.data.Dataset):
             task, turns = self._draw_task(record, box_list.gt_to_index, rng)
             conversation.extend(turns)
             names.append(task)
-        return {"image": image, "boxes": box_list.boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
+        boxes = box_list.boxes
+        if self.answer_format == "coordinates":
+            conversation = to_coordinate_conversation(conversation, boxes, image.width, image.height)
+            boxes = np.zeros((0, 4))
+        return {"image": image, "boxes": boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
 
     def _draw_task(self, record: dict, gt_to_index, rng: np.random.Generator) -> tuple[str, list[dict]]:
         """A task drawn by weight among those the record supports, and its turns."""

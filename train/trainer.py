@@ -97,6 +97,7 @@ def _dataset(cfg: TrainConfig, paths, proposal_fn) -> ChatRexDataset:
         num_proposals=cfg.data.num_proposals,
         dedup_iou=cfg.data.dedup_iou,
         turns_per_sample=cfg.data.turns_per_sample,
+        answer_format=cfg.data.answer_format,
     )
 
 

@@ -132,3 +132,41 @@ def test_every_answer_of_a_multi_turn_sample_is_supervised(records_path, tiny_to
     for turn in sample["conversation"][1::2]:
         assert turn["content"] in labelled
     assert not any(turn["content"] in labelled for turn in sample["conversation"][0::2])
+
+
+def test_coordinate_format_rewrites_the_same_sample(records_path):
+    from chatrex.coordinates import parse_coordinate_answer, quantize
+
+    recs = JsonlRecords(records_path)
+    weights = {"detection": 1.0, "region": 1.0, "grounded_caption": 1.0}
+    idx = ChatRexDataset(recs, weights, seed=5, turns_per_sample=4)[2]
+    crd = ChatRexDataset(recs, weights, seed=5, turns_per_sample=4, answer_format="coordinates")[2]
+    assert crd["boxes"].shape == (0, 4) and crd["task"] == idx["task"]
+    w, h = crd["image"].size
+    for a, b in zip(idx["conversation"], crd["conversation"]):
+        assert "<obj" not in b["content"].replace("<objects>", "").replace("</objects>", "")
+        for n in map(int, re.findall(r"<obj(\d+)>", a["content"])):
+            assert quantize(idx["boxes"][n], w, h) in b["content"]
+        if a["role"] == "assistant" and a["content"].startswith("<ground>"):
+            (phrase, boxes), = parse_coordinate_answer(b["content"], w, h)
+            targets = [int(n) for n in re.findall(r"<obj(\d+)>", a["content"])]
+            assert len(boxes) == len(targets)
+            for box, t in zip(boxes, targets):
+                assert np.abs(np.array(box) - idx["boxes"][t]).max() <= max(w, h) / 1000 + 1e-6
+
+
+def test_coordinate_samples_collate_without_box_tokens(records_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
+    from train.dataset import ChatRexCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    model.attach_tokenizer(tok)
+    processor = ChatRexProcessor.from_model_config(model.config, tok)
+    ds = ChatRexDataset(JsonlRecords(records_path), {"detection": 1.0}, seed=0, answer_format="coordinates")
+    batch = ChatRexCollator(processor)([ds[0], ds[1]])
+    assert int((batch["input_ids"] == model.config.objfeat_token_id).sum()) == 0
+    out = model(**{k: v for k, v in batch.items() if k != "skipped"})
+    assert out.loss is not None and out.loss.isfinite()

@@ -15,6 +15,9 @@ from PIL import Image
 from chatrex import templates
 
 from .base import GroundedBox, RegionText
+from .rules import singular
+
+NUMBER_WORDS = frozenset("two three four five six seven eight nine ten eleven twelve several many some".split())
 
 
 @functools.lru_cache(maxsize=4)
@@ -52,6 +55,15 @@ class ChatRexBackend:
             out.append(self.predictor.ask(self.caption_prompt, max_new_tokens=self.max_new_tokens).text.strip())
         return out
 
+    @staticmethod
+    def query(phrase: str) -> tuple[str, str]:
+        """(query text, kind) for a caption phrase. Counted plurals ("four boats") become the
+        category query the model was trained on ("boat"); the rest go through ``auto``."""
+        words = phrase.split()
+        if len(words) >= 2 and (words[0].lower() in NUMBER_WORDS or words[0].isdigit()):
+            return " ".join(words[1:-1] + [singular(words[-1].lower())]), "category" if len(words) == 2 else "phrase"
+        return phrase, "auto"
+
     def ground(self, images: Sequence[Image.Image], phrases: Sequence[Sequence[str]]) -> list[list[GroundedBox]]:
         # The model retrieves boxes without a score of its own; the proposal score stands in.
         out = []
@@ -59,7 +71,7 @@ class ChatRexBackend:
             self.predictor.set_image(image)
             found = []
             for text in texts:
-                det = self.predictor.detect(text)
+                det = self.predictor.detect(*self.query(text))
                 found.extend(GroundedBox(text, tuple(box), score) for box, score in zip(det.boxes, det.scores))
             out.append(found)
         return out

@@ -219,3 +219,12 @@ def test_shipped_configs_load(name):
     path = os.path.join(os.path.dirname(data_engine.__file__), "configs", name)
     config = load_engine_config(path)
     assert config.stages[0] == "filter" and config.backends.verifier.kind in ("rules", "hf")
+
+
+def test_chatrex_backend_turns_counted_plurals_into_trained_queries():
+    from data_engine.backends.chatrex_backend import ChatRexBackend
+
+    assert ChatRexBackend.query("four boats") == ("boat", "category")
+    assert ChatRexBackend.query("two red cars") == ("red car", "phrase")
+    assert ChatRexBackend.query("3 people") == ("person", "category")
+    assert ChatRexBackend.query("green circle") == ("green circle", "auto")

@@ -19,6 +19,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, Aut
                           AutoProcessor, AutoTokenizer)
 
 from .base import Box, GroundedBox, RegionText
+from .rules import singular
 
 _OWL_TYPES = {"owlv2", "owlvit"}
 _GDINO_TYPES = {"grounding-dino", "mm-grounding-dino"}
@@ -49,24 +50,13 @@ def _words(text: str) -> list[str]:
 
 
 def head_noun(phrase: str) -> str:
-    """Category of a phrase: its last word, lower-cased, with a plural suffix stripped.
-
-    Rule: ``-sses/-xes/-zzes/-ches/-shes`` lose ``es`` (glasses -> glass, boxes -> box),
-    ``-ies`` becomes ``-y`` (puppies -> puppy), and any other final ``s`` not preceded by
-    ``s``, ``u`` or ``i`` is dropped (cars -> car; bus, cactus, iris are kept). Irregular
-    plurals (people, mice) are left as they are.
-    """
+    """Category of a phrase: its last word, lower-cased and singularised with the same naive
+    rules as the rule verifier (:func:`data_engine.backends.rules.singular`: boxes -> box,
+    puppies -> puppy, people -> person; bus and cactus stay)."""
     words = _words(phrase)
     if not words:
         raise ValueError(f"phrase={phrase!r} has no words to take a category from")
-    w = words[-1]
-    if len(w) > 4 and w.endswith(("sses", "xes", "zzes", "ches", "shes")):
-        return w[:-2]
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 3 and w.endswith("s") and w[-2] not in "sui":
-        return w[:-1]
-    return w
+    return singular(words[-1])
 
 
 def best_phrase(label: str, phrases: Sequence[str]) -> str | None:

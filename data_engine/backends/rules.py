@@ -23,9 +23,12 @@ def singular(word: str) -> str:
     """Naive English singular: enough for object nouns (boats, boxes, berries, houses, people)."""
     if word in IRREGULAR:
         return IRREGULAR[word]
-    for suffix, repl in (("ies", "y"), ("sses", "ss"), ("shes", "sh"), ("ches", "ch"), ("xes", "x"), ("s", "")):
-        if word.endswith(suffix) and len(word) > len(suffix) + 1 and not word.endswith("ss"):
+    for suffix, repl in (("ies", "y"), ("sses", "ss"), ("shes", "sh"), ("ches", "ch"), ("xes", "x"), ("zzes", "zz")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 1:
             return word[: -len(suffix)] + repl
+    # A final s goes unless the word ends in ss, us or is (glass, bus, cactus, iris).
+    if len(word) > 3 and word.endswith("s") and word[-2] not in "sui":
+        return word[:-1]
     return word
 
 

@@ -88,16 +88,17 @@ class ChatRexProcessor:
         return prefix
 
     def _with_visual_prefix(self, messages: list[dict], num_boxes: int, has_image: bool) -> list[dict]:
-        if not has_image and num_boxes:
-            raise ValueError(f"{num_boxes} boxes given for a sample without an image")
+        """Put the image and object slots before the first user turn. Object slots without an
+        image are allowed here (text-only pretraining fills them with text embeddings,
+        ``train.text_pretrain``); ``__call__`` still rejects boxes without an image."""
         if any(IMAGE_TOKEN in m["content"] or OBJFEAT_TOKEN in m["content"] for m in messages):
             raise ValueError(f"conversation text must not contain {IMAGE_TOKEN} or {OBJFEAT_TOKEN}; the processor inserts them")
         messages = [dict(m) for m in messages]
-        if has_image:
+        if has_image or num_boxes:
             first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
             if first_user is None:
                 raise ValueError("conversation has no user turn to attach the image to")
-            messages[first_user]["content"] = self.visual_prefix(num_boxes) + messages[first_user]["content"]
+            messages[first_user]["content"] = self.visual_prefix(num_boxes, has_image) + messages[first_user]["content"]
         return messages
 
     def _render(self, messages, add_generation_prompt: bool) -> str:

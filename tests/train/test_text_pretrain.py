@@ -1,0 +1,60 @@
+"""Stage 0b (``python -m train.text_pretrain``): object slots filled with text embeddings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
+from train.records import JsonlRecords
+from train.text_pretrain import build_sample, main, slot_features
+
+
+def test_build_sample_slots_follow_the_shuffled_box_list(records_path):
+    rec = JsonlRecords(records_path).raw(1)
+    slots, conv = build_sample(rec, np.random.default_rng(0), turns=5)
+    assert sorted(slots) == sorted(r["phrase"] for r in rec["regions"])
+    assert len(conv) == 10
+    for q, a in zip(conv[::2], conv[1::2]):
+        if a["content"].startswith("<ground>"):
+            phrase = a["content"].split("<ground>")[1].split("</ground>")[0]
+            indices = [int(i) for i in a["content"].split("<objects>")[1].replace("</objects>", "").replace("<obj", " ").replace(">", " ").split()]
+            # A phrase query's answer points at the slots holding that phrase.
+            assert all(slots[i] == phrase for i in indices) or not indices or phrase not in slots
+
+
+def test_slot_features_are_mean_embeddings():
+    emb = torch.nn.Embedding(10, 4)
+    out = slot_features(emb, [[[1, 2], [3]]])
+    assert torch.allclose(out[0][0], emb.weight[[1, 2]].mean(0)) and torch.allclose(out[0][1], emb.weight[3])
+
+
+def test_processor_places_object_slots_without_an_image(tiny_tokenizer):
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    model.attach_tokenizer(tiny_tokenizer)
+    proc = ChatRexProcessor.from_model_config(model.config, tiny_tokenizer)
+    ids, _ = proc.encode_sample([{"role": "user", "content": "find the red car"}], num_boxes=3, has_image=False)
+    assert ids.count(model.config.objfeat_token_id) == 3 and model.config.image_token_id not in ids
+
+
+def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model.attach_tokenizer(tok)
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(init)
+    out = tmp_path / "text"
+    assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "6", "--batch-size", "2", "--turns", "2", "--log-every", "2"]) == 0
+    before, after = load_file(os.path.join(init, "model.safetensors")), load_file(os.path.join(out, "final", "model.safetensors"))
+    changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert "language_model" in changed and changed <= {"language_model", "lm_head"}, changed  # encoders and projectors untouched
+    losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    assert len(losses) == 3 and losses[-1] < losses[0]

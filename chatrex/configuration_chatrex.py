@@ -42,6 +42,11 @@ class ChatRexConfig(PreTrainedConfig):
             ``"tome"``: compress the fused visual tokens before the projector
             (:mod:`chatrex.token_compression`). Object tokens are never compressed.
         token_compression_keep: tokens kept by ``"tome"``.
+        object_index_embedding: add the input embedding of ``<objK>`` to the K-th object
+            feature. The slot then carries its own index, so retrieving a box (and reading the
+            box a question names) is one attention hop instead of an induction circuit; small
+            LLMs trained from scratch need it. Off for the full-size preset (released weights).
+        object_token_ids: ids of ``<obj0>``..``<obj99>``, set when the tokens are added.
         image_token_id, objfeat_token_id: placeholder ids, set when the tokens are added.
     """
 
@@ -82,6 +87,8 @@ class ChatRexConfig(PreTrainedConfig):
     projector_type: str = "mlp2x_gelu"
     token_compression: str | None = None
     token_compression_keep: int | None = None
+    object_index_embedding: bool = False
+    object_token_ids: list[int] | None = None
     image_token_id: int | None = None
     objfeat_token_id: int | None = None
     tie_word_embeddings: bool = False

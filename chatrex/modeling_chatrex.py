@@ -17,7 +17,7 @@ from transformers.modeling_outputs import ModelOutput
 from .configuration_chatrex import ChatRexConfig
 from .object_encoder import ObjectEncoder
 from .projector import build_projector
-from .special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens
+from .special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
 from .token_compression import build_token_compression
 
 # Inputs only the prefill step consumes; later decoding steps read them from the KV cache.
@@ -158,6 +158,15 @@ class ChatRexModel(ChatRexPreTrainedModel):
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    def object_index_embeddings(self, counts: list[int]) -> torch.Tensor:
+        """(sum(counts), H): the input embedding of ``<obj0>``..``<objK-1>`` for each sample's K."""
+        ids = self.config.object_token_ids
+        if ids is None:
+            raise ValueError("config.object_index_embedding needs config.object_token_ids; add the special tokens first")
+        index = torch.cat([torch.arange(k) for k in counts]) if counts else torch.zeros(0, dtype=torch.long)
+        table = torch.tensor(ids, device=self.get_input_embeddings().weight.device)
+        return self.get_input_embeddings()(table[index.to(table.device)])
+
     def merge_embeddings(self, input_ids, inputs_embeds, image_embeds=None, object_features=None, prefill=True) -> torch.Tensor:
         """Write visual tokens over ``<image>`` placeholders and box tokens over ``<objfeat>``.
 
@@ -174,6 +183,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
             feats = torch.cat(list(object_features)) if object_features is not None and len(object_features) else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1]))
             if cfg.objfeat_token_id is None:
                 raise ValueError("object features given but config.objfeat_token_id is unset; add the special tokens first")
+            if cfg.object_index_embedding and len(feats):
+                feats = feats + self.object_index_embeddings([len(f) for f in object_features]).to(feats.dtype)
             inputs_embeds = self._scatter(input_ids, inputs_embeds, cfg.objfeat_token_id, feats, "objects")
         return inputs_embeds
 
@@ -270,6 +281,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             self.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         self.config.image_token_id = ids[IMAGE_TOKEN]
         self.config.objfeat_token_id = ids[OBJFEAT_TOKEN]
+        self.config.object_token_ids = [ids[object_token(i)] for i in range(MAX_OBJECTS)]
         return ids
 
     def get_image_features(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> ChatRexImageFeatures:

@@ -73,6 +73,7 @@ def chatrex_tiny() -> ChatRexConfig:
             vocab_size=1024, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
         ),
+        object_index_embedding=True,
     )
 
 

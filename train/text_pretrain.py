@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-index-embedding", action="store_true",
+                   help="turn on config.object_index_embedding (the chatrex-tiny preset has it; use for folders saved before it existed)")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "turns", "log_every", "save_every"):
         if getattr(args, name) <= 0:
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     from .model_loading import load_model_and_processor
 
     torch.manual_seed(args.seed)
-    model, processor = load_model_and_processor(args.init)
+    model, processor = load_model_and_processor(args.init, config_overrides={"object_index_embedding": True} if args.object_index_embedding else None)
     model.train()
     for prm in model.model.vision_low.parameters():
         prm.requires_grad_(False)

@@ -102,6 +102,20 @@ def slot_features(embedding: torch.nn.Embedding, slots: list[list[list[int]]]) -
     return out
 
 
+@torch.no_grad()
+def reinit(module: torch.nn.Module, std: float) -> None:
+    """Fresh weights for ``module``: linear/embedding ~ N(0, std), biases 0, norm weights 1."""
+    if std <= 0:
+        raise ValueError(f"--reinit-llm-std must be > 0, got {std}")
+    for sub in module.modules():
+        if isinstance(sub, (torch.nn.Linear, torch.nn.Embedding)):
+            sub.weight.normal_(0.0, std)
+            if getattr(sub, "bias", None) is not None:
+                sub.bias.zero_()
+        elif hasattr(sub, "weight") and sub.weight is not None and sub.weight.ndim == 1:
+            sub.weight.fill_(1.0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.text_pretrain", description=__doc__.split("\n\n")[0],
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reinit-llm-std", type=float, default=None,
+                   help="re-initialise the LLM (linear and embedding weights ~ N(0, std), norms 1, biases 0) before training. "
+                        "Transformers' default 0.02 is too small for a tiny from-scratch model to start content-based retrieval; 0.045 works (docs/training.md)")
     p.add_argument("--object-index-embedding", action="store_true",
                    help="turn on config.object_index_embedding (the chatrex-tiny preset has it; use for folders saved before it existed)")
     args = p.parse_args(argv)
@@ -134,6 +151,9 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     model, processor = load_model_and_processor(args.init, config_overrides={"object_index_embedding": True} if args.object_index_embedding else None)
+    if args.reinit_llm_std is not None:
+        reinit(model.model.language_model, args.reinit_llm_std)
+        model.tie_weights()
     model.train()
     for prm in model.model.vision_low.parameters():
         prm.requires_grad_(False)

@@ -58,3 +58,14 @@ def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, 
     assert "language_model" in changed and changed <= {"language_model", "lm_head"}, changed  # encoders and projectors untouched
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_reinit_sets_the_requested_scale():
+    from train.text_pretrain import reinit
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(500, 64), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    net[2].weight.data.fill_(3.0)
+    reinit(net, 0.045)
+    assert abs(net[0].weight.std().item() - 0.045) < 0.003 and abs(net[1].weight.std().item() - 0.045) < 0.005
+    assert torch.equal(net[1].bias, torch.zeros(64)) and torch.equal(net[2].weight, torch.ones(64))

@@ -70,3 +70,16 @@ def load_checkpoint(accelerator, path: str) -> dict:
         state = json.load(f)
     accelerator.load_state(path)
     return state
+
+
+def save_pretrained_atomic(model, processor, path: str) -> str:
+    """``save_pretrained`` of model and processor into ``path`` via a temporary sibling folder
+    and a rename, so ``path`` is always either the previous complete folder or the new one."""
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .checkpointing import save_pretrained_atomic
 from .records import JsonlRecords
 from .tasks import build_detection, build_region
 
@@ -170,13 +170,7 @@ def main(argv=None) -> int:
     start = time.time()
 
     def save(name: str) -> str:
-        final, tmp = os.path.join(args.out, name), os.path.join(args.out, f".tmp-{name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+        return save_pretrained_atomic(model, processor, os.path.join(args.out, name))
 
     step = 0
     try:

@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .checkpointing import save_pretrained_atomic
 from .records import JsonlRecords
 
 ATTRIBUTES = ("color", "size", "pattern")
@@ -163,9 +164,7 @@ def evaluate(model, heads, loader) -> dict[str, float]:
 def _save(model, processor, heads, optimizer, scheduler, step: int, out: str, name: str) -> None:
     """Write ``out/name`` atomically: model + processor (save_pretrained), heads and optimizer."""
     tmp, final = os.path.join(out, f".tmp-{name}"), os.path.join(out, name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    save_pretrained_atomic(model, processor, tmp)
     torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "rng": torch.get_rng_state()}, os.path.join(tmp, "vision_state.pt"))
     shutil.rmtree(final, ignore_errors=True)
@@ -272,13 +271,7 @@ def main(argv=None) -> int:
         log.write(json.dumps({"step": step, "eval": scores}) + "\n")
         print("eval accuracies:", json.dumps(scores))
     log.close()
-    final = os.path.join(args.out, "final")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    final = save_pretrained_atomic(model, processor, os.path.join(args.out, "final"))
     print(f"wrote {final} after {step} steps in {time.time() - start:.0f}s")
     return 0
 

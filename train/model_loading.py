@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from transformers import AutoTokenizer
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
@@ -28,7 +30,9 @@ def load_model_and_processor(init: str, tokenizer: str | None = None, config_ove
         return model, ChatRexProcessor.from_model_config(model.config, tok)
     if not os.path.isdir(init):
         raise ValueError(f"model.init={init!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory")
-    model = ChatRexForConditionalGeneration.from_pretrained(init, **overrides)
+    # Bundles store fp16 to stay small; training keeps fp32 master weights (accelerate handles
+    # mixed precision), and fp16 matmuls on a CPU are both slow and overflow.
+    model = ChatRexForConditionalGeneration.from_pretrained(init, dtype=torch.float32, **overrides)
     processor = ChatRexProcessor.from_pretrained(tokenizer or init)
     model.attach_tokenizer(processor.tokenizer)
     processor.num_image_tokens = model.config.num_image_tokens

@@ -69,3 +69,17 @@ def test_reinit_sets_the_requested_scale():
     reinit(net, 0.045)
     assert abs(net[0].weight.std().item() - 0.045) < 0.003 and abs(net[1].weight.std().item() - 0.045) < 0.005
     assert torch.equal(net[1].bias, torch.zeros(64)) and torch.equal(net[2].weight, torch.ones(64))
+
+
+def test_training_loads_fp16_bundles_as_fp32(tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from train.model_loading import load_model_and_processor
+
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model.attach_tokenizer(tok)
+    model.half().save_pretrained(tmp_path)
+    ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(tmp_path)
+    loaded, _ = load_model_and_processor(str(tmp_path))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}

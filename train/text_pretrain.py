@@ -41,8 +41,22 @@ IGNORE = -100
 REGION_FIELDS = ("category", "phrase")  # what a slot made of the phrase can answer
 
 
-def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: int = 100) -> tuple[list[str], list[dict]] | None:
-    """(slot phrases in prompt order, conversation) for one record, or None if unusable."""
+LOOKUP_QUESTION = "Name the box of each object."
+
+
+def lookup_turns(slots: list[str], rng: np.random.Generator, pairs: int = 6) -> list[dict]:
+    """A one-hop curriculum turn: the answer lists ``phrase<objK>`` pairs, so each index is
+    predicted right after its phrase. A from-scratch LLM learns this content lookup long
+    before the real format's two-hop one (phrase, ``</ground><objects>``, index), and the
+    lookup heads it grows are what the real format needs (docs/training.md)."""
+    picks = rng.permutation(len(slots))[:pairs]
+    return [{"role": "user", "content": LOOKUP_QUESTION}, {"role": "assistant", "content": " ".join(f"{slots[k]}<obj{k}>" for k in picks)}]
+
+
+def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: int = 100, lookup: float = 0.0) -> tuple[list[str], list[dict]] | None:
+    """(slot phrases in prompt order, conversation) for one record, or None if unusable.
+
+    Each turn is a one-hop lookup turn with probability ``lookup``, else a real task."""
     regions = [r for r in record.get("regions", []) if r.get("phrase")]
     if not regions or len(regions) != len(record.get("regions", [])):
         return None
@@ -52,7 +66,11 @@ def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: 
         region_to_index[int(r)] = slot
     slim = {**record, "regions": [{k: r[k] for k in REGION_FIELDS if k in r} for r in regions]}
     conversation = []
+    slots = [regions[int(r)]["phrase"] for r in order]
     for _ in range(turns):
+        if lookup and rng.random() < lookup:
+            conversation.extend(lookup_turns(slots, rng))
+            continue
         builder = build_detection if rng.random() < 0.7 else build_region
         turn = builder(slim if builder is build_region else record, region_to_index, rng)
         if turn is None:
@@ -60,21 +78,21 @@ def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: 
         if turn is None:
             return None
         conversation.extend(turn)
-    return [regions[int(r)]["phrase"] for r in order], conversation
+    return slots, conversation
 
 
 class TextRetrievalData(torch.utils.data.IterableDataset):
     """Endless stream of ``(input_ids, labels, slot_token_ids)`` from records (no images read)."""
 
-    def __init__(self, paths, processor, turns: int, seed: int):
-        self.records, self.processor, self.turns, self.seed = JsonlRecords(paths), processor, turns, seed
+    def __init__(self, paths, processor, turns: int, seed: int, lookup: float = 0.0):
+        self.records, self.processor, self.turns, self.seed, self.lookup = JsonlRecords(paths), processor, turns, seed, lookup
 
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, worker.id if worker else 0])
         tok = self.processor.tokenizer
         while True:
-            built = build_sample(self.records.raw(int(rng.integers(len(self.records)))), rng, self.turns)
+            built = build_sample(self.records.raw(int(rng.integers(len(self.records)))), rng, self.turns, lookup=self.lookup)
             if built is None:
                 continue
             slots, conversation = built
@@ -133,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--reinit-llm-std", type=float, default=None,
                    help="re-initialise the LLM (linear and embedding weights ~ N(0, std), norms 1, biases 0) before training. "
                         "Transformers' default 0.02 is too small for a tiny from-scratch model to start content-based retrieval; 0.045 works (docs/training.md)")
+    p.add_argument("--lookup", type=float, default=0.0,
+                   help="probability that a turn is a one-hop lookup turn (phrase<objK> pairs), a curriculum for content lookup")
     p.add_argument("--object-index-embedding", action="store_true",
                    help="turn on config.object_index_embedding (the chatrex-tiny preset has it; use for folders saved before it existed)")
     args = p.parse_args(argv)
@@ -163,7 +183,10 @@ def main(argv=None) -> int:
     params = list({id(x): x for x in params}.values())  # tied embeddings once
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
-    data = TextRetrievalData(args.records, processor, args.turns, args.seed)
+    if not 0.0 <= args.lookup <= 1.0:
+        print(f"error: --lookup must be in [0, 1], got {args.lookup}", file=sys.stderr)
+        return 2
+    data = TextRetrievalData(args.records, processor, args.turns, args.seed, args.lookup)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=lambda b: collate(b, processor.tokenizer.pad_token_id), num_workers=1)
     os.makedirs(args.out, exist_ok=True)
     log = open(os.path.join(args.out, "metrics.jsonl"), "a")

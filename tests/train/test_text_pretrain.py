@@ -83,3 +83,14 @@ def test_training_loads_fp16_bundles_as_fp32(tiny_tokenizer_dir, tmp_path):
     ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(tmp_path)
     loaded, _ = load_model_and_processor(str(tmp_path))
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+def test_lookup_turns_put_each_index_right_after_its_phrase(records_path):
+    import re
+
+    rec = JsonlRecords(records_path).raw(0)
+    slots, conv = build_sample(rec, np.random.default_rng(1), turns=4, lookup=1.0)
+    assert len(conv) == 8 and all(t["content"] == "Name the box of each object." for t in conv[0::2])
+    for answer in conv[1::2]:
+        for phrase, k in re.findall(r"([a-z ]+?)<obj(\d+)>", answer["content"]):
+            assert slots[int(k)] == phrase.strip()

@@ -1,0 +1,109 @@
+"""Visual-token compression: tokens, prefill latency and (optionally) accuracy per method.
+
+    .venv/bin/python benchmarks/compression.py --runs 9 --json-out runs/bench/compression.json
+    .venv/bin/python benchmarks/compression.py --finetuned avgpool2x2=runs/compress/avgpool2x2/final ... --eval-limit 100
+
+Latency: the bundled model with ``token_compression`` switched on at load time (the
+``unshuffle_mlp`` MLP is then untrained, which does not change its cost), median of ``--runs``
+prefills of a detection prompt on ``examples/scene1.png``, image features included (they are
+where compression happens). Accuracy needs a fine-tuned model per method (``--finetuned
+METHOD=FOLDER``, e.g. from ``train.chatrex`` with ``model.config_overrides``); it is measured
+with ``chatrex eval`` on ``--eval-data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from PIL import Image
+
+from chatrex import templates
+from chatrex.evaluation.runner import evaluate
+from chatrex.predictor import ChatRexPredictor, resolve_model_path
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "scene1.png")
+METHODS = {"none": {}, "avgpool2x2": {"token_compression": "avgpool2x2"}, "unshuffle_mlp": {"token_compression": "unshuffle_mlp"},
+           "tome": {"token_compression": "tome", "token_compression_keep": 36}}
+
+
+def load(model: str, overrides: dict) -> ChatRexPredictor:
+    from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor
+    from upn import UPNPredictor
+
+    path = resolve_model_path(model)
+    m = ChatRexForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **overrides).eval()
+    proc = ChatRexProcessor.from_pretrained(path)
+    proc.num_image_tokens = m.config.num_image_tokens
+    upn = UPNPredictor.from_pretrained(path / "upn") if (path / "upn" / "config.json").is_file() else None
+    return ChatRexPredictor(m, proc, upn)
+
+
+def prefill_seconds(p: ChatRexPredictor, runs: int) -> tuple[int, float]:
+    image = Image.open(EXAMPLE).convert("RGB")
+    ip = p.processor.image_processor
+    low, high, meta = ip.preprocess(image)
+    boxes = ip.normalize_boxes(p.propose(image).boxes.numpy(), meta)
+    question = templates.DETECTION["category"][0].format(phrase="boat")
+    ids, _ = p.processor.encode_sample([{"role": "user", "content": question}], num_boxes=len(boxes), has_image=True, add_generation_prompt=True)
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        def step():
+            feats = p.model.get_image_features(low[None], high[None])
+            objs = p.model.get_object_features(feats.high_res_features, [boxes])
+            p.model(input_ids=x, image_features=feats, object_features=objs, logits_to_keep=1)
+
+        step()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    return len(ids), statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="chatrex-tiny")
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--finetuned", nargs="*", default=[], metavar="METHOD=FOLDER")
+    ap.add_argument("--eval-data", default="data/synth/test")
+    ap.add_argument("--eval-limit", type=int, default=100)
+    ap.add_argument("--json-out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    finetuned = dict(item.split("=", 1) for item in args.finetuned)
+    unknown = set(finetuned) - set(METHODS)
+    if unknown:
+        ap.error(f"unknown methods {sorted(unknown)}; known: {sorted(METHODS)}")
+    result = {}
+    for name, overrides in METHODS.items():
+        p = load(args.model, overrides)
+        tokens, seconds = prefill_seconds(p, args.runs)
+        row = {"image_tokens": p.model.config.num_image_tokens, "prompt_tokens": tokens, "prefill_s": round(seconds, 4)}
+        if name in finetuned or (name == "none" and finetuned):
+            pe = ChatRexPredictor.from_pretrained(finetuned.get(name, args.model))
+            for task in ("detection", "referring"):
+                table = evaluate("", args.eval_data, task, limit=args.eval_limit, predictor=pe, per_image=3, progress=False)
+                row.update({f"{task}_{k}": v for k, v in table.metrics.items() if k in ("precision@0.5", "recall@0.5", "acc@0.5")})
+        result[name] = row
+    base = result["none"]["prefill_s"]
+    for row in result.values():
+        row["prefill_vs_none"] = round(row["prefill_s"] / base, 3)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

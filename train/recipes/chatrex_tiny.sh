@@ -36,7 +36,7 @@ if step vision runs/chatrex-tiny/vision/final/config.json; then
 fi
 if step text runs/chatrex-tiny/text/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \
-      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --out runs/chatrex-tiny/text
+      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text
 fi
 if step stage1 runs/chatrex-tiny/stage1/final/config.json; then
   OMP_NUM_THREADS=1 $PY -m train.chatrex --config train/configs/stage1.yaml --resume

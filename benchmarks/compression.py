@@ -14,7 +14,6 @@ with ``chatrex eval`` on ``--eval-data``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,8 @@ from PIL import Image
 from chatrex import templates
 from chatrex.evaluation.runner import evaluate
 from chatrex.predictor import ChatRexPredictor, resolve_model_path
+
+from report import emit  # benchmarks/report.py, next to this script
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "scene1.png")
 METHODS = {"none": {}, "avgpool2x2": {"token_compression": "avgpool2x2"}, "unshuffle_mlp": {"token_compression": "unshuffle_mlp"},

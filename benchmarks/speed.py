@@ -10,7 +10,6 @@ cold CLI is timed as a subprocess). Ratios compare two measurements taken in the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,8 @@ from transformers import AutoModelForCausalLM
 
 from chatrex import templates
 from chatrex.predictor import ChatRexPredictor
+
+from report import emit  # benchmarks/report.py, next to this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "scene1.png")

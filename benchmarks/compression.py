@@ -97,12 +97,7 @@ def main() -> int:
     base = result["none"]["prefill_s"]
     for row in result.values():
         row["prefill_vs_none"] = round(row["prefill_s"] / base, 3)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

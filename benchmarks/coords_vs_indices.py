@@ -14,7 +14,6 @@ referring Acc@0.5 (negatives included).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 
@@ -26,6 +25,8 @@ from chatrex.coordinates import parse_coordinate_answer
 from chatrex.evaluation.metrics import ClassCounts, detection_precision_recall, referring_correct
 from chatrex.evaluation.runner import _image, _records, _sample
 from chatrex.predictor import ChatRexPredictor
+
+from report import emit  # benchmarks/report.py, next to this script
 
 BUCKETS = ((1, 3, "1-3"), (4, 7, "4-7"), (8, 10**9, "8+"))
 
@@ -106,11 +107,7 @@ def main() -> int:
         "indices": evaluate(IndexLocator(args.indices, args.upn), records, args.per_image),
         "coordinates": evaluate(CoordinateLocator(args.coordinates), records, args.per_image),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

@@ -161,12 +161,7 @@ def main() -> int:
     result["breakdown"] = breakdown(p, image, args.runs)
     result["wrapper"] = wrapper_overhead(p, args.tokens, args.runs)
     result["scaling"] = scaling(p, args.runs)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

@@ -60,3 +60,9 @@ def image_id(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def path_id(path: str) -> str:
+    """8 hex digits of the SHA-1 of the path: tells apart entries that have no readable bytes
+    (missing files) or the same bytes (repeated files)."""
+    return hashlib.sha1(path.encode()).hexdigest()[:8]

@@ -27,6 +27,10 @@ from .stages.verify_rewrite import VerifyRewriteStage
 
 ENGINE_VERSION = "1"
 
+STAGE_CLASSES: dict[str, type[Stage]] = {
+    cls.name: cls for cls in (ImageFilter, CaptionStage, PhraseStage, GroundingStage, RegionCaptionStage, VerifyRewriteStage)
+}
+
 
 def build_stage(name: str, config: EngineConfig) -> Stage:
     """One stage with its backends (models load lazily, on first use)."""
@@ -50,8 +54,9 @@ def build_stage(name: str, config: EngineConfig) -> Stage:
     raise ValueError(f"unknown stage {name!r}")
 
 
-def check_order(stages: list[Stage]) -> None:
-    """Raise ``ValueError`` when a stage needs a field no earlier stage provides."""
+def check_order(stages: list[Stage] | list[type[Stage]]) -> None:
+    """Raise ``ValueError`` when a stage needs a field no earlier stage provides. Works on stage
+    classes too (``requires``/``provides`` are class attributes), so no backend is built."""
     available: set[str] = set()
     for stage in stages:
         missing = [r for r in stage.requires if r not in available]
@@ -142,6 +147,3 @@ class Pipeline:
         for stage in self.stages:
             run_stage(stage, samples)
         return samples
-
-    def finish(self, sample: Sample) -> dict:
-        return finish_record(sample)

@@ -24,7 +24,7 @@ import sys
 import torch
 from torchvision.ops import box_iou
 
-from .runners.output import OutputDir, _read_jsonl
+from .runners.output import list_shards, manifest_path, read_jsonl
 from .synthetic.expressions import Unparseable, resolve
 
 
@@ -46,15 +46,13 @@ def match_regions(produced: list[dict], truth: list[dict], iou_threshold: float 
 def score(output: str, truth_path: str) -> dict:
     root = os.path.dirname(os.path.abspath(truth_path))
     truth = {}
-    for rec in _read_jsonl(truth_path):
+    for rec in read_jsonl(truth_path):
         truth[os.path.normpath(os.path.join(root, rec["image"]))] = rec
     produced = {}
-    out = OutputDir.__new__(OutputDir)
-    out.path = output
-    for shard in out.shards():
-        for rec in _read_jsonl(shard):
+    for shard in list_shards(output):
+        for rec in read_jsonl(shard):
             produced[os.path.normpath(rec["image"])] = rec
-    statuses = {os.path.normpath(r["path"]): r.get("status") for r in _read_jsonl(os.path.join(output, "manifest.jsonl")) if r.get("path")}
+    statuses = {os.path.normpath(r["path"]): r.get("status") for r in read_jsonl(manifest_path(output)) if r.get("path")}
     images = [p for p in truth if p in produced or p in statuses]
     n = {"produced": 0, "matched": 0, "truth_coarse": 0, "coarse_found": 0, "category_ok": 0, "referring": 0, "referring_ok": 0}
     for path in images:

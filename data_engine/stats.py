@@ -9,27 +9,25 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from .runners.output import OutputDir, _read_jsonl
+from .runners.output import list_shards, manifest_path, read_jsonl
 
 RECORD_FIELDS = ("caption", "grounded_caption", "regions", "provenance")
 REGION_FIELDS = ("box", "score", "category", "phrase", "description", "referring")
 
 
 def collect_stats(output: str) -> dict:
-    out = OutputDir.__new__(OutputDir)  # read-only: no clean-up of temporary files
-    out.path = output
     status, rejects, failures = Counter(), Counter(), Counter()
-    for row in _read_jsonl(out.manifest_path):
+    for row in read_jsonl(manifest_path(output)):
         status[row.get("status", "ok")] += 1
         if row.get("status") == "rejected":
             rejects[str(row.get("reason", "?")).split(":", 1)[0]] += 1
-    for row in _read_jsonl(f"{output}/failures.jsonl"):
+    for row in read_jsonl(f"{output}/failures.jsonl"):
         failures[row.get("stage", "?")] += 1
     n_records, n_regions = 0, 0
     record_cov, region_cov = Counter(), Counter()
     verify = Counter()
-    for shard in out.shards():
-        for rec in _read_jsonl(shard):
+    for shard in list_shards(output):
+        for rec in read_jsonl(shard):
             n_records += 1
             record_cov.update(f for f in RECORD_FIELDS if rec.get(f))
             for reg in rec.get("regions", []):

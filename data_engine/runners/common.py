@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..inputs import InputImage, image_id
+from ..inputs import InputImage, image_id, path_id
 from ..pipeline import finish_record
 from ..sample import Sample
 from .output import OutputDir
@@ -39,7 +39,7 @@ def pending_samples(inputs: list[InputImage], out: OutputDir, summary: RunSummar
         try:
             sid = image_id(inp.path)
         except OSError as err:
-            sid = "missing-" + image_id_of_path(inp.path)
+            sid = "missing-" + path_id(inp.path)
             if not out.is_finished(sid, retry_failed):
                 out.add_failure(sid, inp.path, "input", f"{type(err).__name__}: {err}")
                 summary.failed += 1
@@ -48,18 +48,12 @@ def pending_samples(inputs: list[InputImage], out: OutputDir, summary: RunSummar
             summary.already_done += 1
             continue
         if sid in seen:
-            out.add_reject(sid + "-" + image_id_of_path(inp.path), inp.path, "filter: same file as an earlier input")
+            out.add_reject(sid + "-" + path_id(inp.path), inp.path, "filter: same file as an earlier input")
             summary.rejected += 1
             continue
         seen.add(sid)
         todo.append(Sample(id=sid, path=inp.path, meta=dict(inp.meta)))
     return todo
-
-
-def image_id_of_path(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(path.encode()).hexdigest()[:8]
 
 
 def deliver(out: OutputDir, samples: list[Sample], summary: RunSummary) -> None:

@@ -21,7 +21,8 @@ import re
 _SHARD = re.compile(r"^records-(\d{5,})\.jsonl$")
 
 
-def _read_jsonl(path: str):
+def read_jsonl(path: str):
+    """Rows of a JSONL file (none if it does not exist); a line torn by a crash is skipped."""
     if not os.path.isfile(path):
         return
     with open(path) as f:
@@ -30,6 +31,15 @@ def _read_jsonl(path: str):
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash mid-write
+
+
+def list_shards(path: str) -> list[str]:
+    """The complete record shards of an output folder, in order (read-only)."""
+    return sorted(os.path.join(path, n) for n in os.listdir(path) if _SHARD.match(n))
+
+
+def manifest_path(path: str) -> str:
+    return os.path.join(path, "manifest.jsonl")
 
 
 class OutputDir:
@@ -41,7 +51,7 @@ class OutputDir:
         self.status: dict[str, str] = {}
         self.kept_hashes: list[tuple[str, str]] = []
         """``(id, phash)`` of finished records, in manifest order (seeds duplicate detection)."""
-        for row in _read_jsonl(self.manifest_path):
+        for row in read_jsonl(self.manifest_path):
             if isinstance(row, dict) and "id" in row:
                 self.status[row["id"]] = row.get("status", "ok")
                 if row.get("phash"):
@@ -49,7 +59,7 @@ class OutputDir:
         numbers = [-1]
         for shard in self.shards():
             numbers.append(int(_SHARD.match(os.path.basename(shard)).group(1)))
-            for rec in _read_jsonl(shard):
+            for rec in read_jsonl(shard):
                 self.status[rec["id"]] = "ok"
         self._next_shard = max(numbers) + 1
         self._buffer: list[tuple[dict, str | None]] = []
@@ -59,10 +69,10 @@ class OutputDir:
 
     @property
     def manifest_path(self) -> str:
-        return os.path.join(self.path, "manifest.jsonl")
+        return manifest_path(self.path)
 
     def shards(self) -> list[str]:
-        return sorted(os.path.join(self.path, n) for n in os.listdir(self.path) if _SHARD.match(n))
+        return list_shards(self.path)
 
     def is_finished(self, image_id: str, retry_failed: bool = False) -> bool:
         status = self.status.get(image_id)

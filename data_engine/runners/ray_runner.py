@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import EngineConfig
 from ..inputs import list_inputs
-from ..pipeline import build_stage, check_order, run_stage
+from ..pipeline import STAGE_CLASSES, build_stage, check_order, run_stage
 from ..sample import Sample
 from ..stages.image_filter import DuplicateFilter
 from .common import RunSummary, deliver, pending_samples
@@ -54,11 +54,11 @@ class StageWorker:
 
 def _groups(config: EngineConfig) -> list[tuple[list[str], bool]]:
     """Stage names split into runs: each model stage alone, consecutive light stages together."""
-    probe = {n: build_stage(n, config).uses_model for n in config.stages}
     groups: list[tuple[list[str], bool]] = []
     for name in config.stages:
-        if probe[name] or not groups or groups[-1][1]:
-            groups.append(([name], probe[name]))
+        uses_model = STAGE_CLASSES[name].uses_model  # a class attribute: the driver builds no backend
+        if uses_model or not groups or groups[-1][1]:
+            groups.append(([name], uses_model))
         else:
             groups[-1][0].append(name)
     return groups
@@ -81,7 +81,7 @@ def run_ray(config: EngineConfig, source: str, output: str, limit: int | None = 
     import ray
 
     start = time.time()
-    check_order([build_stage(n, config) for n in config.stages])
+    check_order([STAGE_CLASSES[n] for n in config.stages])
     inputs = list_inputs(source)[:limit] if limit is not None else list_inputs(source)
     out = OutputDir(output, config.runner.shard_size)
     summary = RunSummary(output=output, inputs=len(inputs))

@@ -46,6 +46,11 @@ class ChatRexConfig(PreTrainedConfig):
             feature. The slot then carries its own index, so retrieving a box (and reading the
             box a question names) is one attention hop instead of an induction circuit; small
             LLMs trained from scratch need it. Off for the full-size preset (released weights).
+        object_pointer_head: score ``<objK>`` by matching the position's hidden state against box
+            K's slot (:mod:`chatrex.object_pointer`) instead of by an LM-head row; indices the
+            image does not have can never be produced. Needs ``object_token_ids``.
+        object_reference_features: add box K's feature to every ``<objK>`` token in the text
+            (questions naming a box, indices already answered).
         object_token_ids: ids of ``<obj0>``..``<obj99>``, set when the tokens are added.
         image_token_id, objfeat_token_id: placeholder ids, set when the tokens are added.
     """
@@ -88,6 +93,8 @@ class ChatRexConfig(PreTrainedConfig):
     token_compression: str | None = None
     token_compression_keep: int | None = None
     object_index_embedding: bool = False
+    object_pointer_head: bool = False
+    object_reference_features: bool = False
     object_token_ids: list[int] | None = None
     image_token_id: int | None = None
     objfeat_token_id: int | None = None

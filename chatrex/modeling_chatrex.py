@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 
 from .configuration_chatrex import ChatRexConfig
 from .object_encoder import ObjectEncoder
+from .object_pointer import ObjectPointerHead, gather_references, pad_object_features
 from .projector import build_projector
 from .special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
 from .token_compression import build_token_compression
@@ -40,10 +42,15 @@ class ChatRexImageFeatures(ModelOutput):
 
 @dataclass
 class ChatRexModelOutputWithPast(ModelOutput):
+    """``object_memory`` (B, M, H) and ``object_memory_mask`` (B, M): each sample's box features,
+    padded; set when the config's pointer head or reference features need them."""
+
     last_hidden_state: torch.Tensor | None = None
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    object_memory: torch.Tensor | None = None
+    object_memory_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -53,6 +60,8 @@ class ChatRexCausalLMOutputWithPast(ModelOutput):
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    object_memory: torch.Tensor | None = None
+    object_memory_mask: torch.Tensor | None = None
 
 
 class ChatRexPreTrainedModel(PreTrainedModel):
@@ -65,6 +74,17 @@ class ChatRexPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if getattr(module, "identity_init", False):
+            # The pointer head's projections start as the identity, i.e. plain dot-product
+            # similarity between a position and a slot: a bilinear form whose two factors both
+            # start near zero barely moves (the same trap as the small-init attention in
+            # MODEL_CARD.md). transformers' init helpers skip weights loaded from a checkpoint.
+            init.eye_(module.weight)
+            init.zeros_(module.bias)
 
 
 class ChatRexModel(ChatRexPreTrainedModel):
@@ -167,13 +187,37 @@ class ChatRexModel(ChatRexPreTrainedModel):
         table = torch.tensor(ids, device=self.get_input_embeddings().weight.device)
         return self.get_input_embeddings()(table[index.to(table.device)])
 
-    def merge_embeddings(self, input_ids, inputs_embeds, image_embeds=None, object_features=None, prefill=True) -> torch.Tensor:
-        """Write visual tokens over ``<image>`` placeholders and box tokens over ``<objfeat>``.
+    def object_memory(self, input_ids, object_features: list[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each sample's box features padded to (B, M, H), with the (B, M) mask.
+
+        ``object_features`` has one entry per image; when there are fewer images than samples,
+        the samples whose ``input_ids`` hold ``<image>`` own them, in order.
+        """
+        if len(object_features) == batch_size:
+            owners = list(range(batch_size))
+        else:
+            if input_ids is None or self.config.image_token_id is None:
+                raise ValueError(f"{len(object_features)} object feature tensors for a batch of {batch_size}: pass input_ids with <image> tokens")
+            owners = (input_ids == self.config.image_token_id).any(dim=1).nonzero().flatten().tolist()
+        return pad_object_features(list(object_features), owners, batch_size)
+
+    def object_slots(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, M, H) memory -> the slot embeddings the prompt's ``<objfeat>`` tokens carry."""
+        if not self.config.object_index_embedding:
+            return memory
+        return memory + self.object_index_embeddings([memory.shape[1]]).to(memory.dtype).unsqueeze(0)
+
+    def merge_embeddings(self, input_ids, inputs_embeds, image_embeds=None, object_features=None, prefill=True, object_memory=None) -> torch.Tensor:
+        """Write visual tokens over ``<image>`` placeholders and box tokens over ``<objfeat>``;
+        with ``config.object_reference_features`` add box K's feature to every ``<objK>`` token
+        (``object_memory`` = (memory, mask) from :meth:`object_memory`).
 
         Raises ``ValueError`` naming both counts when they differ. During cached decoding
         (``prefill=False``) placeholders are ordinary tokens.
         """
         cfg = self.config
+        if cfg.object_reference_features and object_memory is not None:
+            inputs_embeds = inputs_embeds + gather_references(input_ids, cfg.object_token_ids, *object_memory).to(inputs_embeds.dtype)
         if image_embeds is not None or (prefill and cfg.image_token_id is not None):
             feats = image_embeds.flatten(0, 1) if image_embeds is not None else inputs_embeds.new_zeros((0, inputs_embeds.shape[-1]))
             if cfg.image_token_id is None:
@@ -200,6 +244,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
         boxes: list[torch.Tensor] | None = None,
         image_features: ChatRexImageFeatures | None = None,
         object_features: list[torch.Tensor] | None = None,
+        object_memory: torch.Tensor | None = None,
+        object_memory_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> ChatRexModelOutputWithPast:
@@ -209,6 +255,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
             pixel_values_low, pixel_values_high: (B_img, 3, S, S), one image per sample that has one.
             boxes: B_img tensors (K_i, 4), normalised xyxy on the padded square.
             image_features, object_features: precomputed alternatives to pixels and boxes.
+            object_memory, object_memory_mask: (B, M, H) and (B, M), the padded box features of
+                an earlier step (``generate`` passes them to decoding steps).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -223,6 +271,13 @@ class ChatRexModel(ChatRexPreTrainedModel):
             if image_features is None:
                 raise ValueError("boxes were given without an image (pixel values or image_features)")
             object_features = self.get_object_features(image_features.high_res_features, boxes)
+        memory = None
+        if self.config.object_pointer_head or self.config.object_reference_features:
+            if object_memory is not None:
+                memory = (object_memory, object_memory_mask if object_memory_mask is not None else torch.ones(object_memory.shape[:2], dtype=torch.bool, device=object_memory.device))
+            elif object_features is not None:
+                batch = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
+                memory = self.object_memory(input_ids, object_features, batch)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = self.merge_embeddings(
@@ -231,6 +286,7 @@ class ChatRexModel(ChatRexPreTrainedModel):
                 image_features.image_embeds if image_features is not None else None,
                 object_features,
                 prefill=prefill,
+                object_memory=memory,
             )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -245,6 +301,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            object_memory=memory[0] if memory is not None else None,
+            object_memory_mask=memory[1] if memory is not None else None,
         )
 
 
@@ -258,6 +316,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         self.model = model if model is not None else ChatRexModel(config)
         text = config.text_config
         self.lm_head = lm_head if lm_head is not None else nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.object_pointer = ObjectPointerHead(text.hidden_size) if config.object_pointer_head else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -302,6 +361,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         boxes: list[torch.Tensor] | None = None,
         image_features: ChatRexImageFeatures | None = None,
         object_features: list[torch.Tensor] | None = None,
+        object_memory: torch.Tensor | None = None,
+        object_memory_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -321,6 +382,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             boxes=boxes,
             image_features=image_features,
             object_features=object_features,
+            object_memory=object_memory,
+            object_memory_mask=object_memory_mask,
             use_cache=use_cache,
             **kwargs,
         )
@@ -330,6 +393,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
+        if self.object_pointer is not None:
+            if self.config.object_token_ids is None:
+                raise ValueError("config.object_pointer_head needs config.object_token_ids; add the special tokens first (attach_tokenizer)")
+            memory = outputs.object_memory
+            slots = self.model.object_slots(memory) if memory is not None else None
+            logits = self.object_pointer.write_logits(logits, hidden, self.config.object_token_ids, slots, outputs.object_memory_mask)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
@@ -339,7 +408,18 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            object_memory=outputs.object_memory,
+            object_memory_mask=outputs.object_memory_mask,
         )
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        # The pointer head and reference features need the boxes at every decoding step, after
+        # the visual inputs themselves have been dropped.
+        if getattr(outputs, "object_memory", None) is not None:
+            model_kwargs["object_memory"] = outputs.object_memory
+            model_kwargs["object_memory_mask"] = outputs.object_memory_mask
+        return model_kwargs
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)

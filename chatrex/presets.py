@@ -62,7 +62,10 @@ def chatrex_tiny_random_llama() -> ChatRexConfig:
 def chatrex_tiny() -> ChatRexConfig:
     """The bundled model's architecture (~8M parameters), trained from scratch on the synthetic
     world: CLIP ViT (4 layers, width 128) at 192 px / patch 16 and ConvNeXt (32-256 channels) at
-    384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at width 256."""
+    384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at width 256.
+    Box indices come from the pointer head, and ``<objK>`` tokens in the text carry box K's
+    feature (:mod:`chatrex.object_pointer`): a 4-layer LLM trained from scratch does not learn
+    to retrieve indices by attention (MODEL_CARD.md)."""
     return ChatRexConfig(
         vision_low_config=CLIPVisionConfig(
             hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -74,6 +77,8 @@ def chatrex_tiny() -> ChatRexConfig:
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
         ),
         object_index_embedding=True,
+        object_pointer_head=True,
+        object_reference_features=True,
     )
 
 

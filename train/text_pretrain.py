@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .answer_metrics import index_accuracy
 from .checkpointing import save_pretrained_atomic
 from .records import JsonlRecords
 from .tasks import build_detection, build_region
@@ -155,6 +156,9 @@ def main(argv=None) -> int:
                    help="probability that a turn is a one-hop lookup turn (phrase<objK> pairs), a curriculum for content lookup")
     p.add_argument("--object-index-embedding", action="store_true",
                    help="turn on config.object_index_embedding (the chatrex-tiny preset has it; use for folders saved before it existed)")
+    p.add_argument("--object-pointer", action="store_true",
+                   help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny preset has "
+                        "them; use for folders saved before they existed). The pointer head trains with the LLM")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "turns", "log_every", "save_every"):
         if getattr(args, name) <= 0:
@@ -170,7 +174,12 @@ def main(argv=None) -> int:
     from .model_loading import load_model_and_processor
 
     torch.manual_seed(args.seed)
-    model, processor = load_model_and_processor(args.init, config_overrides={"object_index_embedding": True} if args.object_index_embedding else None)
+    overrides = {}
+    if args.object_index_embedding:
+        overrides["object_index_embedding"] = True
+    if args.object_pointer:
+        overrides.update(object_pointer_head=True, object_reference_features=True)
+    model, processor = load_model_and_processor(args.init, config_overrides=overrides or None)
     if args.reinit_llm_std is not None:
         reinit(model.model.language_model, args.reinit_llm_std)
         model.tie_weights()
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
         prm.requires_grad_(False)
     for prm in model.model.vision_high.parameters():
         prm.requires_grad_(False)
-    params = [prm for prm in list(model.model.language_model.parameters()) + list(model.lm_head.parameters()) if prm.requires_grad]
+    trained = [model.model.language_model, model.lm_head] + ([model.object_pointer] if model.object_pointer is not None else [])
+    params = [prm for module in trained for prm in module.parameters() if prm.requires_grad]
     params = list({id(x): x for x in params}.values())  # tied embeddings once
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
@@ -209,9 +219,10 @@ def main(argv=None) -> int:
                 step += 1
                 bar.update(1)
                 if step % args.log_every == 0:
-                    log.write(json.dumps({"step": step, "loss": round(out.loss.item(), 4), "elapsed_s": round(time.time() - start, 1)}) + "\n")
+                    index_acc = index_accuracy(out.logits, batch["labels"], model.config.object_token_ids)
+                    log.write(json.dumps({"step": step, "loss": round(out.loss.item(), 4), "index_acc": index_acc, "elapsed_s": round(time.time() - start, 1)}) + "\n")
                     log.flush()
-                    bar.set_postfix(loss=f"{out.loss.item():.3f}")
+                    bar.set_postfix(loss=f"{out.loss.item():.3f}", index_acc=index_acc)
                 if step % args.save_every == 0:
                     save("last")
                 if step >= args.steps:

@@ -59,3 +59,12 @@ def test_param_groups_per_module_lrs(model):
         build_param_groups(model, {"decoder": 1e-4})
     with pytest.raises(ValueError, match="stage must be one of"):
         apply_stage(model, 4)
+
+
+def test_stage1_trains_the_pointer_head_with_the_projectors():
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random", object_pointer_head=True))
+    apply_stage(model, 1)
+    assert all(p.requires_grad for p in model.object_pointer.parameters())
+    assert not any(p.requires_grad for p in model.model.language_model.layers.parameters())
+    names = {g["name"] for g in build_param_groups(model, {"default": 1e-3})}
+    assert names == {"projectors", "projectors/no_decay", "embeddings"}

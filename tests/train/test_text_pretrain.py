@@ -94,3 +94,36 @@ def test_lookup_turns_put_each_index_right_after_its_phrase(records_path):
     for answer in conv[1::2]:
         for phrase, k in re.findall(r"([a-z ]+?)<obj(\d+)>", answer["content"]):
             assert slots[int(k)] == phrase.strip()
+
+
+def test_object_pointer_flag_turns_on_and_trains_the_head(records_path, tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model.attach_tokenizer(tok)
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(init)
+    out = tmp_path / "text"
+    assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "4", "--batch-size", "2", "--turns", "2",
+                 "--log-every", "1", "--object-pointer"]) == 0
+    trained = ChatRexForConditionalGeneration.from_pretrained(out / "final")
+    assert trained.config.object_pointer_head and trained.config.object_reference_features
+    assert not torch.equal(trained.object_pointer.query.weight, torch.eye(trained.config.text_config.hidden_size))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert any(r["index_acc"] is not None for r in rows)  # the records' detection answers hold box indices
+
+
+def test_index_accuracy_hand_case():
+    from train.answer_metrics import index_accuracy
+
+    obj = [10, 11, 12]
+    labels = torch.tensor([[-100, 5, 10, 12, 3]])
+    logits = torch.zeros(1, 5, 20)
+    # position t predicts label t+1: 5 (not an index), 10 (right), 12 (wrong: 11), 3 (not an index)
+    logits[0, 0, 5] = logits[0, 1, 10] = logits[0, 2, 11] = logits[0, 3, 3] = 1.0
+    assert index_accuracy(logits, labels, obj) == 0.5
+    assert index_accuracy(logits, torch.tensor([[-100, 5, 6, 7, 3]]), obj) is None
+    assert index_accuracy(logits, labels, None) is None

@@ -2,7 +2,7 @@
 # The bundled chatrex-tiny, end to end, on this repository's synthetic world (see
 # chatrex/bundled/chatrex-tiny/MODEL_CARD.md for timings). Each step is skipped when its output
 # exists, so re-running after a crash continues; pass FROM=<step> to force a step and the rest
-# (steps: data tokenizer upn proposals vision text stage1 stage2 stage3 bundle eval).
+# (steps: data tokenizer upn proposals vision text pointer stage1 stage2 stage3 bundle eval).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -34,9 +34,15 @@ if step vision runs/chatrex-tiny/vision/final/config.json; then
   $PY -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \
       --tokenizer runs/tokenizer --steps 700 --warmup-steps 30 --out runs/chatrex-tiny/vision
 fi
-if step text runs/chatrex-tiny/text/final/config.json; then
+if step text runs/chatrex-tiny/text_lookup/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \
-      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text
+      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text_lookup
+fi
+# The pointer head (chatrex/object_pointer.py) was added after the text run above; it continues
+# that run with the head on and fewer one-hop lookup turns.
+if step pointer runs/chatrex-tiny/text_pointer/final/config.json; then
+  $PY -m train.text_pretrain --init runs/chatrex-tiny/text_lookup/final --records data/synth/train/records.jsonl \
+      --steps 300 --lr 1e-3 --save-every 150 --log-every 10 --object-pointer --lookup 0.2 --out runs/chatrex-tiny/text_pointer
 fi
 if step stage1 runs/chatrex-tiny/stage1/final/config.json; then
   OMP_NUM_THREADS=1 $PY -m train.chatrex --config train/configs/stage1.yaml --resume

@@ -1,14 +1,15 @@
 """Visual-token compression: tokens, prefill latency and (optionally) accuracy per method.
 
     .venv/bin/python benchmarks/compression.py --runs 9 --json-out runs/bench/compression.json
-    .venv/bin/python benchmarks/compression.py --finetuned avgpool2x2=runs/compress/avgpool2x2/final ... --eval-limit 100
+    .venv/bin/python benchmarks/compression.py --finetuned none=runs/compress/none/final avgpool2x2=runs/compress/avgpool2x2/final ... --eval-limit 100
 
 Latency: the bundled model with ``token_compression`` switched on at load time (the
 ``unshuffle_mlp`` MLP is then untrained, which does not change its cost), median of ``--runs``
 prefills of a detection prompt on ``examples/scene1.png``, image features included (they are
 where compression happens). Accuracy needs a fine-tuned model per method (``--finetuned
 METHOD=FOLDER``, e.g. from ``train.chatrex`` with ``model.config_overrides``); it is measured
-with ``chatrex eval`` on ``--eval-data``.
+with ``chatrex eval`` on ``--eval-data``. Fine-tune ``none`` for the same steps too
+(``--finetuned none=FOLDER``), so that every row has had the same training.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> int:
     ap.add_argument("--finetuned", nargs="*", default=[], metavar="METHOD=FOLDER")
     ap.add_argument("--eval-data", default="data/synth/test")
     ap.add_argument("--eval-limit", type=int, default=100)
+    ap.add_argument("--upn", help="UPN folder for the fine-tuned models (default: each folder's upn/, else --model's)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,7 +91,9 @@ def main() -> int:
         tokens, seconds = prefill_seconds(p, args.runs)
         row = {"image_tokens": p.model.config.num_image_tokens, "prompt_tokens": tokens, "prefill_s": round(seconds, 4)}
         if name in finetuned or (name == "none" and finetuned):
-            pe = ChatRexPredictor.from_pretrained(finetuned.get(name, args.model))
+            folder = resolve_model_path(finetuned.get(name, args.model))
+            upn = args.upn or (None if (folder / "upn" / "config.json").is_file() else resolve_model_path(args.model) / "upn")
+            pe = ChatRexPredictor.from_pretrained(folder, upn=upn)
             for task in ("detection", "referring"):
                 table = evaluate("", args.eval_data, task, limit=args.eval_limit, predictor=pe, per_image=3, progress=False)
                 row.update({f"{task}_{k}": v for k, v in table.metrics.items() if k in ("precision@0.5", "recall@0.5", "acc@0.5")})

@@ -204,8 +204,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 for index, reason in batch["skipped"]:
                     skipped.setdefault(index, reason)
                 with accelerator.accumulate(model):
-                    out = model(**_model_inputs(batch))
-                    loss = out.loss
+                    outputs = model(**_model_inputs(batch))
+                    loss = outputs.loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
@@ -223,7 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                 row = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]}
-                index_acc = index_accuracy(out.logits.detach(), batch["labels"], accelerator.unwrap_model(model).config.object_token_ids)
+                index_acc = index_accuracy(outputs.logits.detach(), batch["labels"], accelerator.unwrap_model(model).config.object_token_ids)
                 if index_acc is not None:
                     row["index_acc"] = index_acc  # this process's batch only
                 if eval_loader is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.max_steps):

@@ -49,3 +49,29 @@ def test_answers_are_well_formed(predictor, contents):
     assert det.answer.startswith("<ground>") and "</objects>" in det.answer
     assert all(0 <= i < len(predictor.boxes) for i in det.indices)
     assert predictor.describe(0, level="category")
+
+
+def _best_iou(box, boxes) -> float:
+    return float(box_iou(torch.tensor([box]), torch.tensor(boxes)).max()) if boxes else 0.0
+
+
+@pytest.mark.parametrize("level", ["category", "phrase", "referring"])
+def test_predictor_finds_each_named_object_in_scene1(predictor, contents, level):
+    example = contents[0]
+    predictor.set_image(Image.open(os.path.join(EXAMPLES, example["image"])))
+    for obj in example["objects"]:
+        det = predictor.detect(obj[level])
+        assert _best_iou(obj["box"], det.boxes) >= 0.5, (obj[level], det.answer, det.boxes)
+
+
+def test_predictor_finds_most_named_objects_in_all_examples(predictor, contents):
+    # 37 of the 42 queries (14 objects x category / phrase / referring) find their object when
+    # this test was written; the misses are scene2's star and two colour phrases in scene3.
+    found, total = 0, 0
+    for example in contents:
+        predictor.set_image(Image.open(os.path.join(EXAMPLES, example["image"])))
+        for obj in example["objects"]:
+            for level in ("category", "phrase", "referring"):
+                found += _best_iou(obj["box"], predictor.detect(obj[level]).boxes) >= 0.5
+                total += 1
+    assert total == 42 and found >= 34, f"{found}/{total}"

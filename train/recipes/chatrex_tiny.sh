@@ -32,7 +32,7 @@ if step proposals data/synth/train/records_upn.jsonl; then
 fi
 if step vision runs/chatrex-tiny/vision/final/config.json; then
   $PY -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \
-      --tokenizer runs/tokenizer --steps 700 --warmup-steps 30 --out runs/chatrex-tiny/vision
+      --tokenizer runs/tokenizer --steps 450 --warmup-steps 30 --out runs/chatrex-tiny/vision
 fi
 if step text runs/chatrex-tiny/text_lookup/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \

@@ -5,7 +5,7 @@
 
 Latency: the bundled model with ``token_compression`` switched on at load time (the
 ``unshuffle_mlp`` MLP is then untrained, which does not change its cost), median of ``--runs``
-prefills of a detection prompt on ``examples/scene1.png``, image features included (they are
+prefills (timed round-robin across methods) of a detection prompt on ``examples/scene1.png``, image features included (they are
 where compression happens). Accuracy needs a fine-tuned model per method (``--finetuned
 METHOD=FOLDER``, e.g. from ``train.chatrex`` with ``model.config_overrides``); it is measured
 with ``chatrex eval`` on ``--eval-data``. Fine-tune ``none`` for the same steps too
@@ -46,7 +46,9 @@ def load(model: str, overrides: dict) -> ChatRexPredictor:
     return ChatRexPredictor(m, proc, upn)
 
 
-def prefill_seconds(p: ChatRexPredictor, runs: int) -> tuple[int, float]:
+def prefill_step(p: ChatRexPredictor):
+    """(prompt tokens, a function that runs the encoders, object features and the LLM prefill of
+    a detection prompt on scene1)."""
     image = Image.open(EXAMPLE).convert("RGB")
     ip = p.processor.image_processor
     low, high, meta = ip.preprocess(image)
@@ -54,19 +56,29 @@ def prefill_seconds(p: ChatRexPredictor, runs: int) -> tuple[int, float]:
     question = templates.DETECTION["category"][0].format(phrase="boat")
     ids, _ = p.processor.encode_sample([{"role": "user", "content": question}], num_boxes=len(boxes), has_image=True, add_generation_prompt=True)
     x = torch.tensor([ids])
-    with torch.inference_mode():
-        def step():
+
+    def step():
+        with torch.inference_mode():
             feats = p.model.get_image_features(low[None], high[None])
             objs = p.model.get_object_features(feats.high_res_features, [boxes])
             p.model(input_ids=x, image_features=feats, object_features=objs, logits_to_keep=1)
 
-        step()
-        times = []
-        for _ in range(runs):
+    return len(ids), step
+
+
+def interleaved_medians(steps: dict, runs: int) -> dict[str, float]:
+    """Median seconds per step, timing the steps round-robin so that drift in machine load
+    (this CPU is shared) and warm-up hit every method alike."""
+    for fn in steps.values():
+        fn()
+        fn()
+    times = {name: [] for name in steps}
+    for _ in range(runs):
+        for name, fn in steps.items():
             t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-    return len(ids), statistics.median(times)
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> int:
@@ -85,11 +97,12 @@ def main() -> int:
     unknown = set(finetuned) - set(METHODS)
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}; known: {sorted(METHODS)}")
+    predictors = {name: load(args.model, overrides) for name, overrides in METHODS.items()}
+    prepared = {name: prefill_step(p) for name, p in predictors.items()}
+    seconds = interleaved_medians({name: step for name, (_, step) in prepared.items()}, args.runs)
     result = {}
-    for name, overrides in METHODS.items():
-        p = load(args.model, overrides)
-        tokens, seconds = prefill_seconds(p, args.runs)
-        row = {"image_tokens": p.model.config.num_image_tokens, "prompt_tokens": tokens, "prefill_s": round(seconds, 4)}
+    for name, p in predictors.items():
+        row = {"image_tokens": p.model.config.num_image_tokens, "prompt_tokens": prepared[name][0], "prefill_s": round(seconds[name], 4)}
         if name in finetuned or (name == "none" and finetuned):
             folder = resolve_model_path(finetuned.get(name, args.model))
             upn = args.upn or (None if (folder / "upn" / "config.json").is_file() else resolve_model_path(args.model) / "upn")

@@ -19,9 +19,18 @@ Both need the per-sample box features at every decoding step, so the model keeps
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import nn
+
+
+@lru_cache(maxsize=16)
+def _id_tables(object_token_ids: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, sorted ids, order) as tensors; cached because every decoding step needs them."""
+    ids = torch.tensor(object_token_ids, device=device)
+    order = torch.argsort(ids)
+    return ids, ids[order], order
 
 
 def pad_object_features(object_features: list[torch.Tensor], owners: list[int], batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -52,9 +61,7 @@ def pad_object_features(object_features: list[torch.Tensor], owners: list[int], 
 
 def object_index_of(input_ids: torch.Tensor, object_token_ids: list[int]) -> torch.Tensor:
     """(B, T) -> (B, T): K where the token is ``<objK>``, -1 elsewhere."""
-    ids = torch.as_tensor(object_token_ids, device=input_ids.device)
-    order = torch.argsort(ids)
-    sorted_ids = ids[order]
+    ids, sorted_ids, order = _id_tables(tuple(object_token_ids), input_ids.device)
     pos = torch.searchsorted(sorted_ids, input_ids).clamp(max=len(ids) - 1)
     hit = sorted_ids[pos] == input_ids
     return torch.where(hit, order[pos], torch.full_like(input_ids, -1))
@@ -105,5 +112,5 @@ class ObjectPointerHead(nn.Module):
             scores = self(hidden, slots).to(logits.dtype)
             scores = scores.masked_fill(~mask[:, None, :], lowest)
             columns = torch.cat([scores, columns[..., scores.shape[-1]:]], dim=-1)
-        ids = torch.as_tensor(object_token_ids, device=logits.device)
+        ids = _id_tables(tuple(object_token_ids), logits.device)[0]
         return logits.index_copy(-1, ids, columns)

@@ -205,8 +205,7 @@ class ChatRexModel(ChatRexPreTrainedModel):
         """(B, M, H) memory -> the slot embeddings the prompt's ``<objfeat>`` tokens carry."""
         if not self.config.object_index_embedding:
             return memory
-        ids = torch.tensor(self.config.object_token_ids[: memory.shape[1]], device=memory.device)
-        return memory + self.get_input_embeddings()(ids).to(memory.dtype).unsqueeze(0)
+        return memory + self.object_index_embeddings([memory.shape[1]]).to(memory.dtype).unsqueeze(0)
 
     def merge_embeddings(self, input_ids, inputs_embeds, image_embeds=None, object_features=None, prefill=True, object_memory=None) -> torch.Tensor:
         """Write visual tokens over ``<image>`` placeholders and box tokens over ``<objfeat>``;

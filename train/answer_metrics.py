@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from chatrex.object_pointer import object_index_of
+
 
 def index_accuracy(logits: torch.Tensor, labels: torch.Tensor, object_token_ids: list[int] | None) -> float | None:
     """Teacher-forced accuracy on the answer tokens that are box indices ``<objK>``.
@@ -22,7 +24,7 @@ def index_accuracy(logits: torch.Tensor, labels: torch.Tensor, object_token_ids:
     if not object_token_ids:
         return None
     target = labels[:, 1:].to(logits.device)
-    is_index = torch.isin(target, torch.as_tensor(object_token_ids, device=target.device))
+    is_index = object_index_of(target, object_token_ids) >= 0
     if not is_index.any():
         return None
     pred = logits[:, :-1].argmax(-1)

@@ -20,7 +20,7 @@ MODULE_GROUPS = {
     "vision": lambda m: [m.model.vision_low, m.model.vision_high],
     "projectors": lambda m: [m.model.mm_projector, m.model.mm_object_projector]
     + ([m.model.token_compression] if m.model.token_compression is not None else [])
-    + ([m.object_pointer] if getattr(m, "object_pointer", None) is not None else []),
+    + ([m.object_pointer] if m.object_pointer is not None else []),
     "embeddings": lambda m: [m.get_input_embeddings(), m.get_output_embeddings()],
     "llm": lambda m: [m.model.language_model, m.lm_head],
 }

@@ -79,3 +79,15 @@ def tiny_bundle_dir(tmp_path_factory, tiny_tokenizer_dir):
     torch.manual_seed(0)
     UPNModel(get_config("upn-tiny")).save_pretrained(path / "upn")
     return path
+
+
+def assert_batched_generation_matches_single(model, proc, image, boxes, new_tokens: int) -> None:
+    """Generate for two left-padded prompts with different box lists; the second sample's new
+    tokens must equal generating it alone (padding and per-sample boxes stay separate)."""
+    questions = ["find the red car", "what colour is the boat?"]
+    batch = proc(images=[image, image], conversations=questions, boxes=[boxes, boxes[:1]], add_generation_prompt=True, return_labels=False)
+    assert batch["attention_mask"][:, -1].all()
+    out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
+    single = proc(images=[image], conversations=questions[1:], boxes=[boxes[:1]], add_generation_prompt=True, return_labels=False)
+    out1 = model.generate(**single, max_new_tokens=new_tokens, do_sample=False)
+    assert torch.equal(out[1, -new_tokens:], out1[0, -new_tokens:])

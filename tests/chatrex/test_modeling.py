@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen2ForCausalL
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
 from chatrex.modeling_chatrex import ChatRexModel
 
-from ..conftest import build_tiny
+from ..conftest import assert_batched_generation_matches_single, build_tiny
 
 BOXES = [[10, 10, 50, 50], [60, 20, 120, 90], [0, 0, 160, 120]]
 CONV = [
@@ -132,12 +132,7 @@ def test_generate_uses_kv_cache(tiny_model, rgb_image):
 
 def test_batched_generation_left_padding(tiny_model, rgb_image):
     model, proc = tiny_model
-    batch = proc(images=[rgb_image, rgb_image], conversations=["find the red car", "what colour is the boat?"], boxes=[BOXES, BOXES[:1]], add_generation_prompt=True, return_labels=False)
-    assert batch["attention_mask"][:, -1].all()
-    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
-    single = proc(images=[rgb_image], conversations=["what colour is the boat?"], boxes=[BOXES[:1]], add_generation_prompt=True, return_labels=False)
-    out1 = model.generate(**single, max_new_tokens=3, do_sample=False)
-    assert torch.equal(out[1, -3:], out1[0, -3:])
+    assert_batched_generation_matches_single(model, proc, rgb_image, BOXES, new_tokens=3)
 
 
 def test_training_reduces_loss_on_fixed_batch(tiny_tokenizer, rgb_image):

@@ -8,6 +8,8 @@ import torch
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
 from chatrex.object_pointer import gather_references, object_index_of, pad_object_features
 
+from ..conftest import assert_batched_generation_matches_single
+
 BOXES = [[10, 10, 50, 50], [60, 20, 120, 90], [0, 0, 160, 120]]
 CONV = [
     {"role": "user", "content": "what is in <obj2>?"},
@@ -116,11 +118,7 @@ def test_batched_generation_keeps_each_samples_boxes(tiny_tokenizer, rgb_image):
     with torch.no_grad():
         model.object_pointer.query.bias.fill_(3.0)
         model.object_pointer.key.bias.fill_(3.0)
-    batch = proc(images=[rgb_image, rgb_image], conversations=["find the red car", "what colour is the boat?"], boxes=[BOXES, BOXES[:1]], add_generation_prompt=True, return_labels=False)
-    out = model.generate(**batch, max_new_tokens=4, do_sample=False)
-    single = proc(images=[rgb_image], conversations=["what colour is the boat?"], boxes=[BOXES[:1]], add_generation_prompt=True, return_labels=False)
-    out1 = model.generate(**single, max_new_tokens=4, do_sample=False)
-    assert torch.equal(out[1, -4:], out1[0, -4:])
+    assert_batched_generation_matches_single(model, proc, rgb_image, BOXES, new_tokens=4)
 
 
 def test_text_only_sample_can_not_emit_indices(tiny_tokenizer):

@@ -13,6 +13,8 @@ from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_prese
 from train.records import JsonlRecords
 from train.text_pretrain import build_sample, main, slot_features
 
+from ..conftest import build_tiny
+
 
 def test_build_sample_slots_follow_the_shuffled_box_list(records_path):
     rec = JsonlRecords(records_path).raw(1)
@@ -41,16 +43,18 @@ def test_processor_places_object_slots_without_an_image(tiny_tokenizer):
     assert ids.count(model.config.objfeat_token_id) == 3 and model.config.image_token_id not in ids
 
 
-def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, tmp_path):
+def saved_tiny_model(tokenizer_dir, path):
+    """A tiny random ChatRex and its processor saved at ``path`` (a stage-0 output stand-in)."""
     from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    model.attach_tokenizer(tok)
-    init = tmp_path / "init"
-    model.save_pretrained(init)
-    ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(init)
+    model, processor = build_tiny("chatrex-tiny-random", AutoTokenizer.from_pretrained(tokenizer_dir))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, tmp_path):
+    init = saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")
     out = tmp_path / "text"
     assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "6", "--batch-size", "2", "--turns", "2", "--log-every", "2"]) == 0
     before, after = load_file(os.path.join(init, "model.safetensors")), load_file(os.path.join(out, "final", "model.safetensors"))
@@ -97,15 +101,7 @@ def test_lookup_turns_put_each_index_right_after_its_phrase(records_path):
 
 
 def test_object_pointer_flag_turns_on_and_trains_the_head(records_path, tiny_tokenizer_dir, tmp_path):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    model = ChatRexForConditionalGeneration(get_preset_config("chatrex-tiny-random"))
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    model.attach_tokenizer(tok)
-    init = tmp_path / "init"
-    model.save_pretrained(init)
-    ChatRexProcessor.from_model_config(model.config, tok).save_pretrained(init)
+    init = saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")
     out = tmp_path / "text"
     assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "4", "--batch-size", "2", "--turns", "2",
                  "--log-every", "1", "--object-pointer"]) == 0

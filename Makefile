@@ -1,22 +1,27 @@
-# Two commands set everything up: `make test` (and, once the demo exists, `make demo`).
-# Each creates .venv on first use; later runs only reinstall when pyproject.toml changed.
+# Two commands set everything up: `make test` and `make demo`.
+# Each creates .venv on first use from the lock file; later runs only reinstall when
+# requirements.lock or pyproject.toml changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+# pip itself is pinned too, so that the resolver that reads the lock is the same everywhere.
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo lock test-latest clean
 
 setup: $(STAMP)
 
-# torch/torchvision are pinned as a pair here: other versions pull multi-GB
-# downloads or a torchvision that does not import (see README).
-$(STAMP): pyproject.toml
+# Exactly the versions in requirements.lock (torch, torchvision and every transitive
+# dependency), then the project itself without touching them.
+# DS_BUILD_OPS=0: DeepSpeed installs without compiling its CUDA ops (it JIT-builds what CPU runs need).
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	# DS_BUILD_OPS=0: DeepSpeed installs without compiling its CUDA ops (it JIT-builds what CPU runs need).
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: setup
@@ -27,5 +32,24 @@ PORT ?= 7860
 demo: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m demo --host 127.0.0.1 --port $(PORT)
 
+# Regenerate requirements.lock from pyproject.toml (run after changing a dependency, then `make test`).
+# Pins that still satisfy pyproject are kept; `make lock UPGRADE=1` moves everything to the newest
+# releases pyproject admits. pip-tools runs in its own venv so it never enters the locked one.
+lock:
+	test -x .venv-tools/bin/pip-compile || ($(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION))
+	.venv-tools/bin/pip-compile --quiet --extra test --all-build-deps --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
+
+# Drift check (not part of CI): the newest releases pyproject admits, without the lock, in a
+# separate .venv-latest, then the smoke tests (imports, `chatrex detect`, one training step,
+# the demo's functions). A failure here means an upstream release will break fresh installs
+# once the lock is regenerated.
+test-latest:
+	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	DS_BUILD_OPS=0 .venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|transformers|accelerate|gradio|tokenizers) '
+	.venv-latest/bin/python -m pytest -q -m smoke -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-tools .pytest_cache

@@ -24,7 +24,7 @@ from chatrex import templates
 from chatrex.coordinates import parse_coordinate_answer
 from chatrex.evaluation.metrics import ClassCounts, detection_precision_recall, referring_correct
 from chatrex.evaluation.runner import _image, _records, _sample
-from chatrex.predictor import ChatRexPredictor
+from chatrex import ChatRexPredictor
 
 from report import emit  # benchmarks/report.py, next to this script
 

@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 
 from chatrex import templates
-from chatrex.predictor import ChatRexPredictor
+from chatrex import ChatRexPredictor
 
 from report import emit  # benchmarks/report.py, next to this script
 

@@ -11,6 +11,7 @@ from .modeling_chatrex import (
     ChatRexModel,
     ChatRexPreTrainedModel,
 )
+from .predictor import Answer, ChatRexPredictor, Detection, InputTooLongError
 from .presets import PRESETS, get_preset_config
 from .processing_chatrex import ChatRexProcessor
 from .special_tokens import SPECIAL_TOKENS, add_special_tokens
@@ -23,6 +24,10 @@ AutoModelForCausalLM.register(ChatRexConfig, ChatRexForConditionalGeneration, ex
 AutoModelForImageTextToText.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
 
 __all__ = [
+    "ChatRexPredictor",
+    "Answer",
+    "Detection",
+    "InputTooLongError",
     "ChatRexConfig",
     "ChatRexModel",
     "ChatRexPreTrainedModel",

@@ -14,7 +14,7 @@ _ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant
 
 
 def normalize_messages(conversation) -> list[dict[str, str]]:
-    """Accept ``{"role", "content"}`` or record-style ``{"from", "value"}`` turns (DESIGN.md §5)
+    """Accept ``{"role", "content"}`` or record-style ``{"from", "value"}`` turns (docs/records.md)
     and return ``{"role", "content"}`` dicts. Raises ``ValueError`` on an unknown role."""
     if isinstance(conversation, str):
         return [{"role": "user", "content": conversation}]

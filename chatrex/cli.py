@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import warnings
 import os
 import sys
 
@@ -45,9 +47,37 @@ def _image_and_predictor(args):
         predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
         predictor.set_image(image)
     except (ValueError, RuntimeError, OSError) as err:
-        # e.g. a model folder without upn/, or a --upn folder that does not exist
-        raise UserError(str(err)) from None
+        # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
+        # that miss a key (strict loading names it)
+        raise UserError(_one_line(err)) from None
     return image, predictor
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+@contextlib.contextmanager
+def _output_policy(verbose: bool):
+    """Results go to stdout and nothing else is printed unless ``--verbose``: transformers'
+    "Loading weights" bars and load reports, and library warnings, are switched off for the
+    command and restored afterwards (``main`` may run inside another program, e.g. the tests)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        if verbose:
+            hf_logging.set_verbosity_info()
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
 
 
 def _save(image, path: str) -> None:
@@ -60,7 +90,10 @@ def _save(image, path: str) -> None:
 def cmd_detect(args) -> int:
     phrase = _text_argument(args.phrase, "phrase")
     image, predictor = _image_and_predictor(args)
-    det = predictor.detect(phrase)
+    try:
+        det = predictor.detect(phrase)
+    except ValueError as err:  # e.g. a phrase longer than the model's context
+        raise UserError(_one_line(err)) from None
     if args.json:
         print(json.dumps({"phrase": det.phrase, "boxes": [[round(v, 1) for v in b] for b in det.boxes], "answer": det.answer}))
     else:
@@ -76,7 +109,10 @@ def cmd_detect(args) -> int:
 def cmd_ask(args) -> int:
     question = _text_argument(args.question, "question")
     image, predictor = _image_and_predictor(args)
-    answer = predictor.ask(question)
+    try:
+        answer = predictor.ask(question)
+    except ValueError as err:  # e.g. a question longer than the model's context
+        raise UserError(_one_line(err)) from None
     if args.json:
         print(json.dumps({"question": args.question, "answer": answer.text, "raw": answer.raw,
                           "spans": [{"phrase": s.phrase, "start": s.start, "end": s.end, "boxes": s.boxes} for s in answer.spans]}))
@@ -106,10 +142,10 @@ def cmd_proposals(args) -> int:
         path = args.upn or os.path.join(resolve_model_path(args.model), UPN_SUBDIR)
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"no UPN weights in {path}")
-        predictor = UPNPredictor.from_pretrained(path)
+        predictor = UPNPredictor.from_pretrained(path, device=args.device)
         props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, nms_iou=args.nms_iou, max_boxes=args.max_boxes)
     except (ValueError, RuntimeError, OSError) as err:
-        raise UserError(str(err)) from None
+        raise UserError(_one_line(err)) from None
     if args.json:
         print(json.dumps({"boxes": [[round(v, 1) for v in b] for b in props.boxes.tolist()], "scores": [round(s, 4) for s in props.scores.tolist()], "granularity": props.granularity}))
     else:
@@ -164,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("image", help="image file (any format PIL reads)")
         p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
         p.add_argument("--upn", help="UPN folder (default: the model folder's upn/)")
+        p.add_argument("--verbose", action="store_true", help="show progress bars and library messages on stderr")
 
     p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red car" --out annotated.png',
                        description="Print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.")
@@ -190,9 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-boxes", type=int, default=100)
     p.add_argument("--out", help="write the image with the proposals drawn (coarse orange, fine blue)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device for the proposal network, e.g. cuda (default cpu)")
     p.set_defaults(func=cmd_proposals)
 
-    p = sub.add_parser("eval", help="evaluate on a records folder (DESIGN.md §8 metrics)", epilog="example: chatrex eval --model chatrex-tiny --data data/synth/test --task detection --limit 100",
+    from .cli_convert import add_convert_parser
+
+    add_convert_parser(sub)
+
+    p = sub.add_parser("eval", help="evaluate on a records folder (docs/evaluation.md metrics)", epilog="example: chatrex eval --model chatrex-tiny --data data/synth/test --task detection --limit 100",
                        description="Detection: per-class-averaged P/R at IoU 0.5 and pycocotools mAP; referring: Acc@0.5; proposals: recall@100 (fine/coarse); region: category accuracy.")
     common(p, image=False)
     p.add_argument("--data", required=True, help="folder with records.jsonl and images")
@@ -226,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _output_policy(getattr(args, "verbose", False)):
+            return args.func(args)
     except UserError as err:
         print(f"chatrex {args.command}: error: {err}", file=sys.stderr)
         return 2

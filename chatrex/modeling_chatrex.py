@@ -14,11 +14,13 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_chatrex import ChatRexConfig
 from .object_encoder import ObjectEncoder
 from .object_pointer import ObjectPointerHead, gather_references, pad_object_features
 from .projector import build_projector
+from .strict_loading import check_loading_info, override_added_keys
 from .special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
 from .token_compression import build_token_compression
 
@@ -46,7 +48,7 @@ class ChatRexModelOutputWithPast(ModelOutput):
     padded; set when the config's pointer head or reference features need them."""
 
     last_hidden_state: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     object_memory: torch.Tensor | None = None
@@ -57,7 +59,7 @@ class ChatRexModelOutputWithPast(ModelOutput):
 class ChatRexCausalLMOutputWithPast(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     object_memory: torch.Tensor | None = None
@@ -70,10 +72,28 @@ class ChatRexPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """transformers' ``from_pretrained``, made strict: a missing, unexpected or mis-shaped key
+        raises ``ValueError`` naming it (transformers only logs them and initialises the missing
+        ones at random). Config overrides passed as keyword arguments may add parameters (e.g.
+        ``token_compression="avgpool2x2"``); only those may be missing. ``strict=False`` restores
+        transformers' behaviour."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        if strict:
+            allowed = set()
+            if kwargs and "config" not in kwargs:
+                _, unused = cls.config_class.from_pretrained(pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs)
+                overrides = {k: v for k, v in kwargs.items() if k not in unused}
+                allowed = override_added_keys(cls.config_class, cls, pretrained_model_name_or_path, overrides)
+            check_loading_info(pretrained_model_name_or_path, info, allowed)
+        return (model, info) if want_info else model
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -232,12 +252,14 @@ class ChatRexModel(ChatRexPreTrainedModel):
             inputs_embeds = self._scatter(input_ids, inputs_embeds, cfg.objfeat_token_id, feats, "objects")
         return inputs_embeds
 
+    # transformers 5.24 renamed past_key_values to cache; callers using the old name keep working.
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values_low: torch.Tensor | None = None,
         pixel_values_high: torch.Tensor | None = None,
@@ -260,7 +282,7 @@ class ChatRexModel(ChatRexPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        prefill = cache is None or cache.get_seq_length() == 0
         if pixel_values_low is not None or pixel_values_high is not None:
             if pixel_values_low is None or pixel_values_high is None:
                 raise ValueError("pass both pixel_values_low and pixel_values_high, or neither")
@@ -292,13 +314,13 @@ class ChatRexModel(ChatRexPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
         return ChatRexModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             object_memory=memory[0] if memory is not None else None,
@@ -349,12 +371,14 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
     def get_object_features(self, high_res_features, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.model.get_object_features(high_res_features, boxes)
 
+    # transformers 5.24 renamed past_key_values to cache; callers using the old name keep working.
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values_low: torch.Tensor | None = None,
         pixel_values_high: torch.Tensor | None = None,
@@ -375,7 +399,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             pixel_values_low=pixel_values_low,
             pixel_values_high=pixel_values_high,
@@ -405,7 +429,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         return ChatRexCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             object_memory=outputs.object_memory,

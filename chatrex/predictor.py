@@ -26,6 +26,24 @@ from .processing_chatrex import ChatRexProcessor
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 UPN_SUBDIR = "upn"
 DESCRIBE_LEVELS = tuple(templates.REGION)
+# A sanity bound on one answer's length: the longest trained answers (grounded captions of
+# crowded scenes) are a few hundred tokens; more is a runaway loop or a typo.
+MAX_NEW_TOKENS = 2048
+
+
+class InputTooLongError(ValueError):
+    """The prompt (question, image and box tokens) does not fit in the model's context."""
+
+    def __init__(self, num_tokens: int, limit: int):
+        self.num_tokens, self.limit = num_tokens, limit
+        super().__init__(f"the input is too long: the prompt is {num_tokens} tokens (question, image and box tokens) "
+                         f"but the model's context is {limit} positions; shorten the question or phrase")
+
+
+def _check_max_new_tokens(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {value!r}")
+    return int(value)
 
 
 def bundled_models() -> list[str]:
@@ -95,7 +113,8 @@ class ChatRexPredictor:
         proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``. The
             defaults (0.1, 0.6) keep recall@100 of upn-tiny at 0.95 fine / 0.99 coarse with about
             57 boxes per synthetic image (at 0.3 / 0.8: 0.84 / 0.93).
-        max_new_tokens: generation budget per answer.
+        max_new_tokens: generation budget per answer, at most :data:`MAX_NEW_TOKENS`; an answer
+            never runs past the model's context (``context_length``).
         cache_size: how many encoded images to keep; ``set_image`` on an image seen recently
             (same pixels, same boxes) reuses its encoding instead of running UPN and the
             encoders again.
@@ -111,7 +130,7 @@ class ChatRexPredictor:
         self.upn = upn
         self.proposal_min_score = proposal_min_score
         self.proposal_nms_iou = proposal_nms_iou
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
         self.cache_size = cache_size
         self._cache: _Cache | None = None
         self._recent: OrderedDict[str, _Cache] = OrderedDict()
@@ -209,11 +228,20 @@ class ChatRexPredictor:
         return self._cache
 
     # -- generation ------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
     def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None) -> str:
         cache = self._require()
+        budget = _check_max_new_tokens(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         objects = object_features if object_features is not None else cache.object_features
         k = num_boxes if num_boxes is not None else len(cache.boxes)
         ids, _ = self.processor.encode_sample([{"role": "user", "content": question}], num_boxes=k, has_image=True, add_generation_prompt=True)
+        if len(ids) >= self.context_length:
+            raise InputTooLongError(len(ids), self.context_length)
+        budget = min(budget, self.context_length - len(ids))
         input_ids = torch.tensor([ids], device=self.device)
         with torch.inference_mode():
             out = self.model.generate(
@@ -221,7 +249,7 @@ class ChatRexPredictor:
                 attention_mask=torch.ones_like(input_ids),
                 image_features=cache.features,
                 object_features=objects,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=False,
                 pad_token_id=self.processor.tokenizer.pad_token_id,
                 eos_token_id=self.processor.tokenizer.eos_token_id,
@@ -229,7 +257,10 @@ class ChatRexPredictor:
         return self.processor.decode(out[0, input_ids.shape[1]:])
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
-        """Free-form question about the current image; grounded phrases come back with boxes."""
+        """Free-form question about the current image; grounded phrases come back with boxes.
+
+        Raises :class:`InputTooLongError` (a ``ValueError``) when the question does not fit in
+        the model's context."""
         if not question or not question.strip():
             raise ValueError("question is empty")
         raw = self._generate(question.strip(), max_new_tokens=max_new_tokens)

@@ -1,4 +1,4 @@
-"""Export Rexverse-style records (DESIGN.md §5) to COCO detection JSON, one file per granularity.
+"""Export Rexverse-style records (docs/records.md) to COCO detection JSON, one file per granularity.
 
 UPN trains from COCO files marked coarse or fine (``python -m train.upn --coarse A --fine B``).
 Categories are the records' region categories; images keep the records' relative paths.
@@ -14,34 +14,32 @@ import json
 import os
 import sys
 
+from chatrex.jsonl import read_jsonl
+
 
 def records_to_coco(records_path: str) -> dict[str, dict]:
     """Return ``{"coarse": coco_dict, "fine": coco_dict}``; regions without a granularity count
     as coarse. Boxes are converted from pixel xyxy to COCO pixel xywh."""
     out = {g: {"images": [], "annotations": [], "categories": []} for g in ("coarse", "fine")}
     cat_ids: dict[str, dict[str, int]] = {"coarse": {}, "fine": {}}
-    with open(records_path) as f:
-        for line_no, line in enumerate(f):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            image_id = line_no + 1
-            for g in out:
-                out[g]["images"].append({"id": image_id, "file_name": rec["image"], "width": rec["width"], "height": rec["height"]})
-            for region in rec.get("regions", []):
-                g = region.get("granularity") or "coarse"
-                if g not in out:
-                    raise ValueError(f"{records_path}:{line_no + 1}: unknown granularity {g!r}")
-                name = region.get("category") or "object"
-                ids = cat_ids[g]
-                if name not in ids:
-                    ids[name] = len(ids) + 1
-                    out[g]["categories"].append({"id": ids[name], "name": name})
-                x1, y1, x2, y2 = region["box"]
-                out[g]["annotations"].append({
-                    "id": len(out[g]["annotations"]) + 1, "image_id": image_id, "category_id": ids[name],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                })
+    for number, rec in enumerate(read_jsonl(records_path), 1):
+        image_id = number
+        for g in out:
+            out[g]["images"].append({"id": image_id, "file_name": rec["image"], "width": rec["width"], "height": rec["height"]})
+        for region in rec.get("regions", []):
+            g = region.get("granularity") or "coarse"
+            if g not in out:
+                raise ValueError(f"{records_path}: record {number}: unknown granularity {g!r}")
+            name = region.get("category") or "object"
+            ids = cat_ids[g]
+            if name not in ids:
+                ids[name] = len(ids) + 1
+                out[g]["categories"].append({"id": ids[name], "name": name})
+            x1, y1, x2, y2 = region["box"]
+            out[g]["annotations"].append({
+                "id": len(out[g]["annotations"]) + 1, "image_id": image_id, "category_id": ids[name],
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
+            })
     return out
 
 

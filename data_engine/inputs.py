@@ -9,9 +9,10 @@ and renames, so a resumed run recognises finished images wherever they now live.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
+
+from chatrex.jsonl import read_jsonl
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -34,22 +35,18 @@ def list_inputs(source: str) -> list[InputImage]:
         raise ValueError(f"input {source!r} is neither a folder nor a list file")
     base = os.path.dirname(os.path.abspath(source))
     out = []
+    if source.endswith(".jsonl"):
+        for n, item in read_jsonl(source, line_numbers=True):
+            if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+                raise ValueError(f"{source}:{n}: expected an object with an \"image\" path")
+            meta = {k: v for k, v in item.items() if k != "image"}
+            out.append(InputImage(os.path.normpath(os.path.join(base, item["image"])), meta))
+        return out
     with open(source) as f:
-        for n, line in enumerate(f, 1):
+        for line in f:
             line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if source.endswith(".jsonl"):
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{source}:{n}: not valid JSON ({err})") from None
-                if not isinstance(item, dict) or not isinstance(item.get("image"), str):
-                    raise ValueError(f"{source}:{n}: expected an object with an \"image\" path")
-                path, meta = item["image"], {k: v for k, v in item.items() if k != "image"}
-            else:
-                path, meta = line, {}
-            out.append(InputImage(os.path.normpath(os.path.join(base, path)), meta))
+            if line and not line.startswith("#"):
+                out.append(InputImage(os.path.normpath(os.path.join(base, line))))
     return out
 
 

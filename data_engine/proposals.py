@@ -16,6 +16,8 @@ import sys
 
 from tqdm.auto import tqdm
 
+from chatrex.jsonl import read_jsonl
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_engine.proposals", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,20 +36,18 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = UPNPredictor.from_pretrained(args.upn)
     root = os.path.dirname(os.path.abspath(args.records))
-    with open(args.records) as f:
-        lines = [line for line in f if line.strip()]
+    records = list(read_jsonl(args.records))
     if args.limit is not None:
-        lines = lines[: args.limit]
+        records = records[: args.limit]
     tmp = args.out + ".tmp"
     with open(tmp, "w") as out:
-        for line in tqdm(lines, desc="proposals"):
-            rec = json.loads(line)
+        for rec in tqdm(records, desc="proposals"):
             props = predictor.predict(load_image(os.path.join(root, rec["image"])), prompt_type="both", min_score=args.min_score, nms_iou=args.nms_iou, max_boxes=100)
             rec["proposals"] = [{"box": [round(v, 2) for v in b], "score": round(s, 4), "granularity": g}
                                 for b, s, g in zip(props.boxes.tolist(), props.scores.tolist(), props.granularity)]
             out.write(json.dumps(rec) + "\n")
     os.replace(tmp, args.out)
-    print(f"wrote {len(lines)} records with proposals to {args.out}")
+    print(f"wrote {len(records)} records with proposals to {args.out}")
     return 0
 
 

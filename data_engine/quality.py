@@ -24,7 +24,9 @@ import sys
 import torch
 from torchvision.ops import box_iou
 
-from .runners.output import list_shards, manifest_path, read_jsonl
+from chatrex.jsonl import read_jsonl
+
+from .runners.output import list_shards, manifest_path
 from .synthetic.expressions import Unparseable, resolve
 
 
@@ -52,7 +54,7 @@ def score(output: str, truth_path: str) -> dict:
     for shard in list_shards(output):
         for rec in read_jsonl(shard):
             produced[os.path.normpath(rec["image"])] = rec
-    statuses = {os.path.normpath(r["path"]): r.get("status") for r in read_jsonl(manifest_path(output)) if r.get("path")}
+    statuses = {os.path.normpath(r["path"]): r.get("status") for r in read_jsonl(manifest_path(output), missing_ok=True) if r.get("path")}
     images = [p for p in truth if p in produced or p in statuses]
     n = {"produced": 0, "matched": 0, "truth_coarse": 0, "coarse_found": 0, "category_ok": 0, "referring": 0, "referring_ok": 0}
     for path in images:

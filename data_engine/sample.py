@@ -1,6 +1,6 @@
 """``Sample``: one image travelling through the pipeline, and its record under construction.
 
-Stages read and extend ``record`` (the DESIGN.md §5 schema) and keep working data that is not
+Stages read and extend ``record`` (the docs/records.md schema) and keep working data that is not
 part of the final record in ``scratch`` (e.g. extracted phrases before grounding). A stage that
 rejects an image sets ``rejected`` to ``"<stage>: <reason>"``; later stages pass it through
 untouched. Samples cross process boundaries (Ray) as JSON rows, so everything in them is plain

@@ -1,4 +1,4 @@
-"""Record schema (DESIGN.md §5): one JSON object per image, checked by ``validate_record``.
+"""Record schema (docs/records.md): one JSON object per image, checked by ``validate_record``.
 
 Only ``image`` is required. Optional fields, when present, must be well formed:
 

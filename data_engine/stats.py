@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from .runners.output import list_shards, manifest_path, read_jsonl
+from chatrex.jsonl import read_jsonl
+
+from .runners.output import list_shards, manifest_path
 
 RECORD_FIELDS = ("caption", "grounded_caption", "regions", "provenance")
 REGION_FIELDS = ("box", "score", "category", "phrase", "description", "referring")
@@ -17,11 +19,11 @@ REGION_FIELDS = ("box", "score", "category", "phrase", "description", "referring
 
 def collect_stats(output: str) -> dict:
     status, rejects, failures = Counter(), Counter(), Counter()
-    for row in read_jsonl(manifest_path(output)):
+    for row in read_jsonl(manifest_path(output), missing_ok=True):
         status[row.get("status", "ok")] += 1
         if row.get("status") == "rejected":
             rejects[str(row.get("reason", "?")).split(":", 1)[0]] += 1
-    for row in read_jsonl(f"{output}/failures.jsonl"):
+    for row in read_jsonl(f"{output}/failures.jsonl", missing_ok=True):
         failures[row.get("stage", "?")] += 1
     n_records, n_regions = 0, 0
     record_cov, region_cov = Counter(), Counter()

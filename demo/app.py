@@ -129,7 +129,7 @@ def build_app(logic: DemoLogic, title: str = "ChatRex") -> gr.Blocks:
 
 
 def load_logic(model: str = "chatrex-tiny") -> DemoLogic:
-    from chatrex.predictor import ChatRexPredictor
+    from chatrex import ChatRexPredictor
 
     return DemoLogic(ChatRexPredictor.from_pretrained(model))
 

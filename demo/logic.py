@@ -15,6 +15,7 @@ from PIL import Image
 
 from chatrex import templates
 from chatrex.image_processing import load_image, to_rgb_image
+from chatrex.predictor import InputTooLongError
 from chatrex.visualize import PALETTE, draw_boxes
 
 MAX_SIDE = 2048
@@ -68,7 +69,11 @@ def _friendly(method):
         try:
             return method(self, *args, **kwargs)
         except (ValueError, RuntimeError, OSError) as err:
-            message = f"Sorry, that did not work: {err}"
+            if isinstance(err, InputTooLongError):
+                message = (f"That message is too long for this model: with the image it comes to {err.num_tokens} tokens, "
+                           f"and the model reads at most {err.limit}. Please shorten it.")
+            else:
+                message = f"Sorry, that did not work: {err}"
             if method.__name__ == "proposals":
                 return None, message
             return Reply(message, [(message, None)], {}, None)

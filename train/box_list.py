@@ -1,4 +1,4 @@
-"""The box list of one training sample: ground truth mixed with proposals (DESIGN.md §3).
+"""The box list of one training sample: ground truth mixed with proposals (docs/architecture.md).
 
 At inference the model sees only proposals, so training mixes ground-truth boxes with
 proposals, removes proposals that duplicate a ground-truth box, shuffles and caps the list.

@@ -6,7 +6,9 @@ it, and a resumed run sees exactly the data it would have seen.
 
 Bad records (missing or corrupt image, boxes outside the image, answer index beyond the box
 list) are skipped: the next record is used instead and the skip is reported with the sample,
-so batches never shrink and every process takes the same number of steps.
+so batches never shrink and every process takes the same number of steps. Only
+:class:`~train.tasks.BadSample` and I/O errors mean "bad record": any other exception is a bug
+(or a malformed JSONL line, :class:`chatrex.jsonl.MalformedJsonlError`) and stops the run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from chatrex.image_processing import load_image, validate_boxes
 
@@ -128,7 +130,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
             current = (index + attempt) % len(self.records)
             try:
                 sample = self.build(current, np.random.default_rng([self.seed, epoch, current]))
-            except (BadSample, ValueError, OSError, UnidentifiedImageError) as err:
+            except (BadSample, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
                 warnings.warn(f"skipping record {current}: {reason}", stacklevel=2)
                 skipped.append((current, reason))
@@ -142,7 +144,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise BadSample(f"record has no image path ({path!r})")
         try:
             return load_image(path)  # decodes now, so a truncated file fails here, not in the collator
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:  # load_image's ValueError: not a readable image
             raise BadSample(str(err)) from None
 
     def _proposals(self, record: dict, image: Image.Image) -> np.ndarray:
@@ -163,13 +165,20 @@ class ChatRexDataset(torch.utils.data.Dataset):
     def build(self, index: int, rng: np.random.Generator) -> dict:
         """One sample from record ``index``; raises :class:`BadSample` (or I/O errors) on bad data."""
         record = self.records[index]
+        if not isinstance(record, dict):
+            raise BadSample(f"record is a {type(record).__name__}, not an object")
         image = self._load_image(record.get("image"))
         regions = record.get("regions") or []
+        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+            raise BadSample("regions is not a list of objects")
         gt = [r.get("box") for r in regions]
         if any(b is None for b in gt):
             raise BadSample("a region has no box")
-        # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
-        gt_boxes = validate_boxes(gt, image.width, image.height, max_objects=10**9)
+        try:
+            # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
+            gt_boxes = validate_boxes(gt, image.width, image.height, max_objects=10**9)
+        except ValueError as err:
+            raise BadSample(f"bad region box: {err}") from None
         box_list = build_box_list(gt_boxes, self._proposals(record, image), rng, self.max_boxes, self.dedup_iou, self.num_proposals)
         conversation: list[dict] = []
         names: list[str] = []

@@ -1,4 +1,4 @@
-"""The three-stage freeze policy (DESIGN.md §6) and per-module parameter groups.
+"""The three-stage freeze policy (docs/training.md) and per-module parameter groups.
 
 | stage | trainable |
 |---|---|

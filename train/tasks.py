@@ -1,6 +1,6 @@
 """Turn one record plus its box list into one training conversation.
 
-Task families (DESIGN.md §3): detection/grounding (category, phrase, referring; including
+Task families (docs/architecture.md): detection/grounding (category, phrase, referring; including
 negative queries with no match), region understanding (category, phrase, description,
 referring for one ``<objN>``), grounded caption, caption, and grounded conversation.
 Each builder returns a list of ``{"role", "content"}`` turns, or ``None`` when the record does

@@ -17,7 +17,7 @@ from typing import Iterator
 from chatrex.tokenizer_training import train_bpe_tokenizer
 
 from chatrex import templates
-from .records import JsonlRecords
+from chatrex.jsonl import JsonlRecords
 
 _MARKUP = re.compile(r"</?ground>|</?objects>|<obj\d+>")
 

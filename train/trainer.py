@@ -28,8 +28,9 @@ from .answer_metrics import index_accuracy
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset, EpochSampler
+from chatrex.jsonl import JsonlRecords, read_jsonl
+
 from .model_loading import load_model_and_processor
-from .records import JsonlRecords
 from .stages import apply_stage, build_param_groups, format_counts
 
 FINAL_DIR = "final"
@@ -275,11 +276,10 @@ def _truncate_metrics(path: str, step: int) -> None:
     resumed run does not log those steps twice. Rewritten atomically."""
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    rows = [row for row in read_jsonl(path) if row.get("step", 0) <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.writelines(rows)
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(tmp, path)
 
 

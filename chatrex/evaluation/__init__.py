@@ -1,4 +1,4 @@
-"""Evaluation: the metrics of DESIGN.md §8 and a runner over a records folder."""
+"""Evaluation: the metrics of docs/evaluation.md and a runner over a records folder."""
 
 from .metrics import (
     ClassCounts,

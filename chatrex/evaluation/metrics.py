@@ -1,4 +1,4 @@
-"""Metrics (DESIGN.md §8). Boxes are pixel xyxy throughout.
+"""Metrics (docs/evaluation.md). Boxes are pixel xyxy throughout.
 
 * Detection: precision and recall at IoU 0.5 per class, then averaged over classes (ChatRex's
   definition); mAP over IoU 0.50:0.95 from pycocotools.

@@ -1,4 +1,4 @@
-"""``chatrex eval``: run a predictor over a records folder and report DESIGN.md §8 metrics."""
+"""``chatrex eval``: run a predictor over a records folder and report docs/evaluation.md metrics."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class EvalTable:
 
 
 def _records(data_dir: str, limit: int | None):
-    from train.records import JsonlRecords  # the same lazy reader training uses
+    from ..jsonl import JsonlRecords  # the same lazy reader training uses
 
     records = JsonlRecords(os.path.join(data_dir, "records.jsonl"))
     n = len(records) if limit is None else min(limit, len(records))

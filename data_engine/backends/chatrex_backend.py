@@ -22,7 +22,7 @@ NUMBER_WORDS = frozenset("two three four five six seven eight nine ten eleven tw
 
 @functools.lru_cache(maxsize=4)
 def shared_predictor(model: str, device: str = "cpu"):
-    from chatrex.predictor import ChatRexPredictor
+    from chatrex import ChatRexPredictor
 
     return ChatRexPredictor.from_pretrained(model, device=device)
 

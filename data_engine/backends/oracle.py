@@ -12,7 +12,6 @@ PIL images the stages pass, wherever the files live. ``model`` is the records.js
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from typing import Sequence
@@ -21,6 +20,7 @@ import torch
 from torchvision.ops import box_iou
 
 from chatrex.image_processing import load_image
+from chatrex.jsonl import read_jsonl
 
 from .base import GroundedBox, RegionText
 from .rules import COLOURS, singular
@@ -43,12 +43,9 @@ class OracleBackend:
         self.model = model
         root = os.path.dirname(os.path.abspath(model))
         self._records: dict[str, dict] = {}
-        with open(model) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    path = rec["image"] if os.path.isabs(rec["image"]) else os.path.join(root, rec["image"])
-                    self._records[_pixels_key(load_image(path))] = rec
+        for rec in read_jsonl(model):
+            path = rec["image"] if os.path.isabs(rec["image"]) else os.path.join(root, rec["image"])
+            self._records[_pixels_key(load_image(path))] = rec
 
     def provenance(self) -> dict:
         return {"backend": "oracle", "model": self.model}

@@ -18,19 +18,9 @@ import json
 import os
 import re
 
+from chatrex.jsonl import read_jsonl
+
 _SHARD = re.compile(r"^records-(\d{5,})\.jsonl$")
-
-
-def read_jsonl(path: str):
-    """Rows of a JSONL file (none if it does not exist); a line torn by a crash is skipped."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash mid-write
 
 
 def list_shards(path: str) -> list[str]:
@@ -51,7 +41,7 @@ class OutputDir:
         self.status: dict[str, str] = {}
         self.kept_hashes: list[tuple[str, str]] = []
         """``(id, phash)`` of finished records, in manifest order (seeds duplicate detection)."""
-        for row in read_jsonl(self.manifest_path):
+        for row in read_jsonl(self.manifest_path, missing_ok=True):
             if isinstance(row, dict) and "id" in row:
                 self.status[row["id"]] = row.get("status", "ok")
                 if row.get("phash"):

@@ -1,4 +1,4 @@
-"""Procedural 2-D world (DESIGN.md §7): scenes of objects made of parts, with records.
+"""Procedural 2-D world (docs/synthetic_world.md): scenes of objects made of parts, with records.
 
 ``generate_scene(split, seed, index, size)`` returns ``(PIL.Image, record)``;
 ``write_split(out_dir, split, n, seed, size)`` writes a directory of PNGs and

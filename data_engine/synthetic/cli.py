@@ -10,7 +10,7 @@ from .generator import MIN_SIZE, write_split
 from .vocabulary import HELDOUT_PAIRS, SPLITS
 
 _EPILOG = f"""\
-Writes DIR/images/<split>_s<seed>_<index>.png and DIR/records.jsonl (one DESIGN.md §5 record
+Writes DIR/images/<split>_s<seed>_<index>.png and DIR/records.jsonl (one docs/records.md record
 per line, image paths relative to DIR). Output is a pure function of (split, seed, n, size):
 rerunning gives byte-identical files. The heldout split contains (colour, category) pairs
 that train/val/test never produce: {', '.join(f'{c} {k}' for c, k in sorted(HELDOUT_PAIRS))}.

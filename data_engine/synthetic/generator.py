@@ -1,6 +1,6 @@
 """Public API: one scene -> (image, record), and a whole split -> PNGs + records.jsonl.
 
-Records follow DESIGN.md §5 (see ``data_engine.schema``); boxes are absolute pixel xyxy
+Records follow docs/records.md (see ``data_engine.schema``); boxes are absolute pixel xyxy
 floats of the visible extent (exclusive far edges). Region order: each whole object
 (granularity "coarse") is followed by its parts ("fine", with ``parent`` = the object's index).
 """
@@ -54,7 +54,7 @@ def image_name(split: str, seed: int, index: int) -> str:
 
 
 def build_record(scene: Scene, rng: np.random.Generator, image: str, record_id: str) -> dict:
-    """The DESIGN.md §5 record of a laid-out scene (uses ``rng`` for language choices)."""
+    """The docs/records.md record of a laid-out scene (uses ``rng`` for language choices)."""
     side = min(scene.width, scene.height)
     objs = scene.objects
     landmarks = [landmark_ref(k, objs) for k in range(len(objs))]

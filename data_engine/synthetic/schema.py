@@ -1,6 +1,6 @@
 """Record validation for synthetic records: the general schema plus this generator's extras.
 
-``validate_record`` is the general DESIGN.md §5 check (re-exported from
+``validate_record`` is the general docs/records.md check (re-exported from
 ``data_engine.schema``); ``validate_synthetic_record`` additionally requires the fields this
 generator always writes (regions with attributes, parents for parts, queries, provenance).
 """

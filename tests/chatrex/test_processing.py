@@ -75,7 +75,7 @@ def test_bad_inputs(proc, rgb_image):
 def test_denormalize_inverts(proc, rgb_image):
     batch = proc(images=[rgb_image], conversations=["q"], boxes=[BOXES])
     back = proc.denormalize_boxes(batch["boxes"][0], rgb_image.size)
-    assert torch.allclose(back, torch.tensor(BOXES, dtype=torch.float32), atol=0.5)
+    assert torch.allclose(back, torch.tensor(BOXES, dtype=torch.float32), rtol=0, atol=1e-4)
 
 
 def test_from_pretrained_missing_config(tmp_path):

@@ -42,11 +42,16 @@ def test_tome_merges_the_most_similar_pairs_with_size_weights():
 
 
 def test_tome_keeps_size_weighted_means_across_rounds():
-    x = torch.ones(1, 16, 3) * torch.arange(16.0)[None, :, None].div(100).add(1)  # near-parallel tokens
-    out = BipartiteMerge(keep=3)(x)
-    assert out.shape == (1, 3, 3)
-    assert torch.allclose(out.mean(1), out.mean(1))  # finite
-    assert torch.isfinite(out).all()
+    # Tokens 0-3 point along e1 (lengths 1..4), tokens 4-7 along e2 (lengths 10..40).
+    # Round 1 (8 -> 4; A = 0,2,4,6, B = 1,3,5,7; ties go to the first B token):
+    #   0 and 2 merge into 1 -> 2*e1 (size 3); 3 stays 4*e1; 4 and 6 merge into 5 -> 20*e2 (size 3); 7 stays 40*e2.
+    # Round 2 (4 -> 2): 2*e1 (size 3) + 4*e1 (size 1) -> (6 + 4) / 4 = 2.5*e1, and 20*e2 + 40*e2 -> 25*e2:
+    # exactly the plain means of the original groups. Unweighted means would give 3*e1 and 30*e2.
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    x = torch.stack([e1 * v for v in (1, 2, 3, 4)] + [e2 * v for v in (10, 20, 30, 40)])[None]
+    out = BipartiteMerge(keep=2)(x)
+    assert out.shape == (1, 2, 2)
+    assert torch.allclose(out[0], torch.tensor([[2.5, 0.0], [0.0, 25.0]]))
 
 
 @pytest.mark.parametrize("method, keep, expected", [("avgpool2x2", None, 16), ("unshuffle_mlp", None, 16), ("tome", 5, 5)])

@@ -209,7 +209,12 @@ def test_stage_order_is_checked():
 
 
 def test_stages_without_filter_or_verify_are_a_valid_order():
-    check_order(Pipeline(load_engine_config(None, ["stages=[caption, phrases, grounding]"])).stages)
+    stages = Pipeline(load_engine_config(None, ["stages=[caption, phrases, grounding]"])).stages
+    assert [s.name for s in stages] == ["caption", "phrases", "grounding"]
+    check_order(stages)
+    # The same stages out of order are refused, so the check above is not vacuous.
+    with pytest.raises(ValueError, match="stage 'grounding' needs"):
+        check_order([stages[0], stages[2], stages[1]])
 
 
 @pytest.mark.parametrize("name", ["engine.yaml", "engine_hf_gpu.yaml"])

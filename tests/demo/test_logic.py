@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chatrex.predictor import ChatRexPredictor
+from chatrex import ChatRexPredictor
 from demo.app import build_app, example_images
 from demo.logic import MAX_SIDE, DemoLogic, prepare_image
 

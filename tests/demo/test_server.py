@@ -77,7 +77,7 @@ def test_named_endpoints(client):
 def test_ten_concurrent_clients_get_correct_answers(client, demo_model_dir):
     from gradio_client import handle_file
 
-    from chatrex.predictor import ChatRexPredictor
+    from chatrex import ChatRexPredictor
     from demo.logic import DemoLogic
 
     # The reference answers come from the same model in-process (greedy decoding is deterministic).

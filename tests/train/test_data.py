@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from train.box_list import build_box_list
 from train.dataset import ChatRexDataset, EpochSampler
-from train.records import JsonlRecords
+from chatrex.jsonl import JsonlRecords
 from train.tasks import BadSample, grounded_answer, remap_indices
 
 
@@ -170,3 +171,38 @@ def test_coordinate_samples_collate_without_box_tokens(records_path, tiny_tokeni
     assert int((batch["input_ids"] == model.config.objfeat_token_id).sum()) == 0
     out = model(**{k: v for k, v in batch.items() if k != "skipped"})
     assert out.loss is not None and out.loss.isfinite()
+
+
+def test_bad_records_are_skipped_and_reported(records_path, tmp_path):
+    good = JsonlRecords(records_path).raw(0)
+    good["image"] = str(JsonlRecords(records_path)[0]["image"])
+    outside = dict(good, regions=[dict(good["regions"][0], box=[5000, 5000, 5100, 5100])])
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [dict(good, image=str(tmp_path / "gone.png")), outside, good]) + "\n")
+    sample = ChatRexDataset(JsonlRecords(p), {"detection": 1.0}, seed=0)[0]
+    assert sample["record_index"] == 2
+    reasons = [reason for _, reason in sample["skipped"]]
+    assert [i for i, _ in sample["skipped"]] == [0, 1]
+    assert reasons[0].startswith("BadSample: image file not found") and reasons[1].startswith("BadSample: bad region box")
+
+
+def test_a_bug_is_not_mistaken_for_a_bad_record(records_path, monkeypatch):
+    import train.dataset as dataset_module
+
+    def broken_builder(record, gt_to_index, rng):
+        raise ValueError("a bug in a task builder")
+
+    monkeypatch.setitem(dataset_module.BUILDERS, "detection", broken_builder)
+    with pytest.raises(ValueError, match="a bug in a task builder"):
+        ChatRexDataset(JsonlRecords(records_path), {"detection": 1.0}, seed=0)[0]
+
+
+def test_a_malformed_record_line_stops_training(records_path, tmp_path):
+    lines = open(records_path).read().splitlines()
+    p = tmp_path / "r.jsonl"
+    p.write_text("\n".join([lines[0], lines[1][:-5], lines[2]]) + "\n")  # line 2 cut short, not the last line
+    records = JsonlRecords(p)
+    image_dir = tmp_path / "images"
+    image_dir.symlink_to(os.path.join(os.path.dirname(records_path), "images"))
+    with pytest.raises(ValueError, match=r"r\.jsonl:2: not valid JSON"):
+        ChatRexDataset(records, {"detection": 1.0}, seed=0)[1]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
-from train.records import JsonlRecords
+from chatrex.jsonl import JsonlRecords
 from train.text_pretrain import build_sample, main, slot_features
 
 from ..conftest import build_tiny
@@ -56,12 +56,16 @@ def saved_tiny_model(tokenizer_dir, path):
 def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, tmp_path):
     init = saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")
     out = tmp_path / "text"
-    assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "6", "--batch-size", "2", "--turns", "2", "--log-every", "2"]) == 0
+    assert main(["--init", str(init), "--records", records_path, "--out", str(out), "--steps", "30", "--batch-size", "2", "--turns", "2", "--log-every", "1"]) == 0
     before, after = load_file(os.path.join(init, "model.safetensors")), load_file(os.path.join(out, "final", "model.safetensors"))
     changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert "language_model" in changed and changed <= {"language_model", "lm_head"}, changed  # encoders and projectors untouched
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
-    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert len(losses) == 30
+    # Single losses of batch 2 are noisy; the trend over 30 steps is not: the mean of the last
+    # ten is clearly below the mean of the first ten (a flat or rising loss fails).
+    first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
+    assert last < 0.95 * first, (first, last, losses)  # measured: 6.92 -> 6.08
 
 
 def test_reinit_sets_the_requested_scale():

@@ -1,0 +1,61 @@
+"""``chatrex convert ...``: checkpoint converters, one sub-subcommand each.
+
+``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
+``upn_large.pth`` to a safetensors folder; ``--to-official`` goes back). To add a
+converter, append a ``Converter`` to ``CONVERTERS``: ``add_arguments(parser)`` declares
+its arguments (keep it import-light so ``chatrex --help`` stays fast) and ``runner``
+names ``module:function`` taking the parsed args and returning an exit code; the
+module is imported only when that converter runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+def _upn_arguments(p: argparse.ArgumentParser) -> None:
+    # Same arguments as ``python -m upn.convert`` (upn.convert.add_arguments).
+    p.add_argument("src", help="official upn_large.pth (or, with --to-official, a converted folder)")
+    p.add_argument("dst", help="output folder (or, with --to-official, the .pth to write)")
+    p.add_argument("--to-official", action="store_true", help="convert a converted folder back to the official layout")
+
+
+@dataclass(frozen=True)
+class Converter:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    runner: str  # "module:function", called with the parsed args, returns the exit code
+    epilog: str = ""
+
+
+CONVERTERS = [
+    Converter("upn", "released UPN checkpoint (upn_large.pth) -> safetensors folder for UPNModel/UPNPredictor",
+              _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/"),
+]
+
+
+def add_convert_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``convert`` and its sub-subcommands on the top-level ``subparsers``."""
+    parser = subparsers.add_parser("convert", help="convert released checkpoints to this project's layout",
+                                   description="Convert released checkpoints; see chatrex convert KIND --help.")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    for conv in CONVERTERS:
+        p = kinds.add_parser(conv.name, help=conv.help, description=conv.help, epilog=conv.epilog)
+        conv.add_arguments(p)
+        p.set_defaults(func=_runner(conv))
+    return parser
+
+
+def _runner(conv: Converter):
+    def run(args) -> int:
+        from .cli import UserError
+
+        module, function = conv.runner.split(":")
+        try:
+            return getattr(importlib.import_module(module), function)(args)
+        except (ValueError, OSError) as err:
+            raise UserError(str(err)) from None
+    return run

@@ -51,12 +51,16 @@ class MultiScaleBackbone(nn.Module):
             returns an object with ``feature_maps`` (tuple of (B, C_i, H_i, W_i)).
         d_model: projected width.
         num_extra_levels: 3x3 stride-2 conv levels appended after the last map.
+        position_temperature, position_offset: see ``sine_position_embedding``.
     """
 
-    def __init__(self, body: nn.Module, d_model: int, num_extra_levels: int) -> None:
+    def __init__(self, body: nn.Module, d_model: int, num_extra_levels: int,
+                 position_temperature: float = 10000.0, position_offset: float = 0.5) -> None:
         super().__init__()
         self.body = body
         self.d_model = d_model
+        self.position_temperature = position_temperature
+        self.position_offset = position_offset
         channels = list(body.channels)
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, d_model, kernel_size=1), _group_norm(d_model)) for c in channels
@@ -87,5 +91,6 @@ class MultiScaleBackbone(nn.Module):
         for f in feats:
             m = F.interpolate(padding_mask[None].float(), size=f.shape[-2:], mode="nearest")[0].bool()
             masks.append(m)
-            pos.append(sine_position_embedding(m, self.d_model).to(f.dtype))
+            pos.append(sine_position_embedding(m, self.d_model, self.position_temperature,
+                                              self.position_offset).to(f.dtype))
         return MultiScaleFeatures(feats, masks, pos)

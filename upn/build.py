@@ -16,8 +16,9 @@ from .matcher import HungarianMatcher
 
 
 def build_backbone(config: UPNConfig) -> MultiScaleBackbone:
-    return MultiScaleBackbone(build_hf_backbone(config.backbone), config.transformer.d_model,
-                              config.transformer.num_extra_levels)
+    t = config.transformer
+    return MultiScaleBackbone(build_hf_backbone(config.backbone), t.d_model, t.num_extra_levels,
+                              t.position_temperature, t.position_offset)
 
 
 def build_encoder(config: UPNConfig) -> DeformableEncoder:
@@ -35,7 +36,7 @@ def build_decoder(config: UPNConfig) -> DeformableDecoder:
         DeformableDecoderLayer(t.d_model, config.num_feature_levels, t.num_heads, t.num_points,
                                t.dim_feedforward, t.dropout)
         for _ in range(t.num_decoder_layers)
-    ], t.d_model)
+    ], t.d_model, t.share_box_head, t.box_refine_input, t.inverse_sigmoid_eps)
 
 
 def build_criterion(config: UPNConfig) -> SetCriterion:
@@ -44,17 +45,26 @@ def build_criterion(config: UPNConfig) -> SetCriterion:
     return SetCriterion(matcher, lc)
 
 
+# The released UPN's numerics (official_chatrex.md section B.2-B.3); ``upn.convert`` relies on them.
+OFFICIAL_TRANSFORMER_FIELDS = dict(class_head="dot", share_box_head=True, box_refine_input="raw",
+                                   inverse_sigmoid_eps=1e-3, mask_invalid_proposals=False,
+                                   position_temperature=20.0, position_offset=0.0)
+OFFICIAL_IMAGE_FIELDS = dict(size_rounding="truncate", clip_boxes=False)
+
+
 def upn_large_config() -> UPNConfig:
-    """Full-size UPN (DESIGN.md section 4): Swin-L 384, 4+1 levels, 6+6 layers, 900 queries."""
+    """Full-size UPN, exactly the released ``upn_large.pth`` network (docs/upn.md):
+    Swin-L 384 (window 12), 4+1 levels, 6+6 layers, 900 queries, parameter-free prompt
+    dot-product class head, one shared box head, official position/refinement numerics."""
     swin_l = dict(image_size=384, patch_size=4, embed_dim=192, depths=[2, 2, 18, 2],
                   num_heads=[6, 12, 24, 48], window_size=12, drop_path_rate=0.2)
     return UPNConfig(
         backbone=BackboneConfig("swin", swin_l, ["stage1", "stage2", "stage3", "stage4"]),
         transformer=TransformerConfig(d_model=256, num_heads=8, dim_feedforward=2048, num_points=4,
                                       num_encoder_layers=6, num_decoder_layers=6, num_queries=900,
-                                      num_extra_levels=1, dropout=0.0),
+                                      num_extra_levels=1, dropout=0.0, **OFFICIAL_TRANSFORMER_FIELDS),
         loss=LossConfig(),
-        image=ImageConfig(short_side=800, max_size=1333),
+        image=ImageConfig(short_side=800, max_size=1333, **OFFICIAL_IMAGE_FIELDS),
         name="upn-large",
     )
 

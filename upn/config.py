@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUPPORTED_BACKBONES = ("swin", "resnet", "convnext")
+CLASS_HEADS = ("projected", "dot")
+BOX_REFINE_INPUTS = ("normed", "raw")
+SIZE_ROUNDINGS = ("round", "truncate")
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
 
 
 def _check_pos_int(owner: str, name: str, value: Any) -> None:
@@ -67,6 +75,15 @@ class TransformerConfig:
     num_queries: int = 900
     num_extra_levels: int = 1  # stride-2 conv levels appended after the backbone's last map
     dropout: float = 0.0
+    # Official-numerics switches (docs/upn.md, "Load the released weights"): the defaults are the from-scratch
+    # upn-tiny behaviour, ``upn_large_config`` sets the released UPN's values.
+    class_head: str = "projected"  # "projected": <Linear(q), prompt>/sqrt(d) + bias; "dot": <q, prompt>
+    share_box_head: bool = False  # one box MLP for every decoder layer (official) or one per layer
+    box_refine_input: str = "normed"  # decoder reference update from the "normed" or "raw" layer output
+    inverse_sigmoid_eps: float = 1e-5  # clamp of logit(x) in the decoder (official 1e-3)
+    mask_invalid_proposals: bool = True  # False: border/padded tokens may be selected (official)
+    position_temperature: float = 10000.0  # feature-map sine embedding temperature (official 20)
+    position_offset: float = 0.5  # cumsum - offset before normalising positions (official 0)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_heads", "dim_feedforward", "num_points",
@@ -84,6 +101,20 @@ class TransformerConfig:
             raise ValueError(f"transformer.d_model must be divisible by 4, got {self.d_model}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"transformer.dropout must be in [0, 1), got {self.dropout!r}")
+        _check_choice("transformer", "class_head", self.class_head, CLASS_HEADS)
+        _check_choice("transformer", "box_refine_input", self.box_refine_input, BOX_REFINE_INPUTS)
+        for name in ("share_box_head", "mask_invalid_proposals"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"transformer.{name} must be a bool, got {getattr(self, name)!r}")
+        if isinstance(self.inverse_sigmoid_eps, bool) or not isinstance(self.inverse_sigmoid_eps, (int, float)) \
+                or not 0.0 < self.inverse_sigmoid_eps < 0.5:
+            raise ValueError(f"transformer.inverse_sigmoid_eps must be in (0, 0.5), got {self.inverse_sigmoid_eps!r}")
+        if isinstance(self.position_temperature, bool) or not isinstance(self.position_temperature, (int, float)) \
+                or not self.position_temperature > 0:
+            raise ValueError(f"transformer.position_temperature must be > 0, got {self.position_temperature!r}")
+        if isinstance(self.position_offset, bool) or not isinstance(self.position_offset, (int, float)) \
+                or not 0.0 <= self.position_offset <= 1.0:
+            raise ValueError(f"transformer.position_offset must be in [0, 1], got {self.position_offset!r}")
 
 
 @dataclass
@@ -113,12 +144,21 @@ class LossConfig:
 
 @dataclass
 class ImageConfig:
-    """Inference resize rule and normalisation (RGB, values in [0, 1] before mean/std)."""
+    """Inference resize rule, normalisation (RGB, values in [0, 1] before mean/std) and
+    how boxes go back to pixels.
+
+    ``size_rounding``: "round" rounds both resized sides; "truncate" is the official
+    UPN rule (the capped short side is rounded, the other side truncated, see
+    ``upn.image_processing.resized_size``). ``clip_boxes``: clamp pixel boxes to the
+    image (the official wrapper does not).
+    """
 
     short_side: int = 800
     max_size: int = 1333
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    size_rounding: str = "round"
+    clip_boxes: bool = True
 
     def __post_init__(self) -> None:
         _check_pos_int("image", "short_side", self.short_side)
@@ -130,6 +170,9 @@ class ImageConfig:
             raise ValueError(f"image.mean must have 3 values, got {self.mean!r}")
         if len(self.std) != 3 or any(not s > 0 for s in self.std):
             raise ValueError(f"image.std must have 3 positive values, got {self.std!r}")
+        _check_choice("image", "size_rounding", self.size_rounding, SIZE_ROUNDINGS)
+        if not isinstance(self.clip_boxes, bool):
+            raise ValueError(f"image.clip_boxes must be a bool, got {self.clip_boxes!r}")
 
 
 _SUBCONFIGS = {"backbone": BackboneConfig, "transformer": TransformerConfig,

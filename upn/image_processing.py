@@ -55,8 +55,28 @@ def to_rgb_pil(image) -> Image.Image:
     raise ValueError(f"image must be a PIL.Image or numpy array, got {type(image).__name__}")
 
 
-def resized_size(width: int, height: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """(new_w, new_h): short side to ``short_side`` unless the long side would pass ``max_size``."""
+def resized_size(width: int, height: int, short_side: int, max_size: int,
+                 rounding: str = "round") -> tuple[int, int]:
+    """(new_w, new_h): short side to ``short_side`` unless the long side would pass ``max_size``.
+
+    rounding "round": one scale, both sides rounded. "truncate": the official UPN /
+    DETR ``get_size_with_aspect_ratio`` rule: a capped short side is
+    ``round(max_size * short / long)``, the long side is then truncated
+    (``int(short * long / short_orig)``), and an image whose short side already has
+    the target size is kept as is.
+    """
+    if rounding == "truncate":
+        size = short_side
+        lo, hi = float(min(width, height)), float(max(width, height))
+        if hi / lo * size > max_size:
+            size = int(round(max_size * lo / hi))
+        if (width <= height and width == size) or (height <= width and height == size):
+            return width, height
+        if width < height:
+            return size, max(1, int(size * height / width))
+        return max(1, int(size * width / height)), size
+    if rounding != "round":
+        raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
     short, long = min(width, height), max(width, height)
     scale = short_side / short
     if long * scale > max_size:
@@ -65,13 +85,33 @@ def resized_size(width: int, height: int, short_side: int, max_size: int) -> tup
 
 
 def preprocess(image, cfg: ImageConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Image -> ((3, H', W') normalised float tensor, original (width, height))."""
+    """Image -> ((3, H', W') normalised float tensor, original (width, height)).
+
+    Bilinear PIL resize, then /255 and ImageNet mean/std: the same arithmetic as
+    torchvision's ``resize`` / ``to_tensor`` / ``normalize`` on a PIL image.
+    """
     pil = to_rgb_pil(image)
     size = pil.size
-    new_w, new_h = resized_size(*size, cfg.short_side, cfg.max_size)
+    new_w, new_h = resized_size(*size, cfg.short_side, cfg.max_size, cfg.size_rounding)
     if (new_w, new_h) != size:
         pil = pil.resize((new_w, new_h), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(cfg.mean).view(3, 1, 1)
     std = torch.tensor(cfg.std).view(3, 1, 1)
     return (x - mean) / std, size
+
+
+def pad_batch(tensors: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (3, H_i, W_i) images bottom/right to one (B, 3, H, W) batch.
+
+    Returns (pixel_values, pixel_mask) with pixel_mask (B, H, W) 1 = real pixel, 0 = padding
+    (the official ``nested_tensor_from_tensor_list`` layout).
+    """
+    h = max(t.shape[1] for t in tensors)
+    w = max(t.shape[2] for t in tensors)
+    batch = tensors[0].new_zeros(len(tensors), 3, h, w)
+    mask = torch.zeros(len(tensors), h, w, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        batch[i, :, :t.shape[1], :t.shape[2]] = t
+        mask[i, :t.shape[1], :t.shape[2]] = True
+    return batch, mask

@@ -56,21 +56,25 @@ def sine_embed_boxes(boxes: torch.Tensor, d_model: int, temperature: float = 100
     return torch.cat(parts, dim=-1).to(boxes.dtype)
 
 
-def sine_position_embedding(padding_mask: torch.Tensor, d_model: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_position_embedding(padding_mask: torch.Tensor, d_model: int, temperature: float = 10000.0,
+                            offset: float = 0.5) -> torch.Tensor:
     """DETR 2-D sine position embedding normalised over the valid (unpadded) area.
+
+    Positions are ``(cumsum - offset) / (valid extent + 1e-6)``: offset 0.5 puts them at
+    pixel centres (upn-tiny); offset 0 with temperature 20 is the official UPN's
+    ``PositionEmbeddingSineHW``.
 
     Args:
         padding_mask: (B, H, W) bool, True = padding.
 
     Returns:
-        (B, d_model, H, W).
+        (B, d_model, H, W), channels ordered (y, x).
     """
     valid = (~padding_mask).float()
     y = valid.cumsum(1)
     x = valid.cumsum(2)
     eps = 1e-6
-    # Positions at pixel centres in [0, 1] of the valid area.
-    y = (y - 0.5) / (y[:, -1:, :] + eps)
-    x = (x - 0.5) / (x[:, :, -1:] + eps)
+    y = (y - offset) / (y[:, -1:, :] + eps)
+    x = (x - offset) / (x[:, :, -1:] + eps)
     emb = sine_embed_boxes(torch.stack([x, y], dim=-1), d_model, temperature)  # (B, H, W, d)
     return emb.permute(0, 3, 1, 2).contiguous()

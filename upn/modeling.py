@@ -131,12 +131,19 @@ class UPNModel(nn.Module):
         # Two-stage head: per-token proposal feature, prompt logit and box delta.
         self.enc_output = nn.Linear(d, d)
         self.enc_output_norm = nn.LayerNorm(d)
-        self.enc_class_proj = nn.Linear(d, d)
         self.enc_bbox_head = MLP(d, d, 4, 3)
         self.tgt_embed = nn.Embedding(t.num_queries, d)
-        self.class_proj = nn.ModuleList(nn.Linear(d, d) for _ in range(t.num_decoder_layers))
-        # One bias per classifier (decoder layers + encoder), set to the focal prior.
-        self.class_bias = nn.Parameter(torch.empty(t.num_decoder_layers + 1))
+        if t.class_head == "projected":
+            # From-scratch models learn a projection and a prior bias per classifier.
+            self.enc_class_proj = nn.Linear(d, d)
+            self.class_proj = nn.ModuleList(nn.Linear(d, d) for _ in range(t.num_decoder_layers))
+            # One bias per classifier (decoder layers + encoder), set to the focal prior.
+            self.class_bias = nn.Parameter(torch.empty(t.num_decoder_layers + 1))
+        else:
+            # "dot": the released UPN's parameter-free ContrastiveAssign.
+            self.enc_class_proj = None
+            self.class_proj = None
+            self.register_parameter("class_bias", None)
         self.fine_grained_prompt = nn.Parameter(torch.empty(1, d))
         self.coarse_grained_prompt = nn.Parameter(torch.empty(1, d))
         self._init_weights()
@@ -146,9 +153,10 @@ class UPNModel(nn.Module):
         nn.init.normal_(self.tgt_embed.weight)
         nn.init.normal_(self.fine_grained_prompt)
         nn.init.normal_(self.coarse_grained_prompt)
-        # Focal-loss prior: every query starts at p = 0.01 so the many negatives
-        # do not swamp the first steps (RetinaNet init).
-        nn.init.constant_(self.class_bias, -math.log((1 - 0.01) / 0.01))
+        if self.class_bias is not None:
+            # Focal-loss prior: every query starts at p = 0.01 so the many negatives
+            # do not swamp the first steps (RetinaNet init).
+            nn.init.constant_(self.class_bias, -math.log((1 - 0.01) / 0.01))
         nn.init.zeros_(self.enc_bbox_head.layers[-1].weight)
         nn.init.zeros_(self.enc_bbox_head.layers[-1].bias)
 
@@ -164,11 +172,17 @@ class UPNModel(nn.Module):
         is_fine = torch.tensor([p == "fine" for p in types], device=self.fine_grained_prompt.device)
         return torch.where(is_fine[:, None], self.fine_grained_prompt, self.coarse_grained_prompt)
 
-    def _classify(self, proj: nn.Linear, bias: torch.Tensor, feats: torch.Tensor,
-                  prompts: torch.Tensor) -> torch.Tensor:
-        """Prompt logit: <proj(feats), prompt> / sqrt(d) + bias. feats (B, N, d) -> (B, N).
-        The 1/sqrt(d) keeps the initial logits near the prior bias."""
-        return torch.einsum("bnd,bd->bn", proj(feats), prompts) / math.sqrt(feats.shape[-1]) + bias
+    def _classify(self, index: int, feats: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """Prompt logit of classifier ``index`` (decoder layer, or -1 for the encoder).
+        feats (B, N, d), prompts (B, d) -> (B, N).
+
+        "projected": <proj(feats), prompt> / sqrt(d) + bias; the 1/sqrt(d) keeps the
+        initial logits near the prior bias. "dot": <feats, prompt>, no bias, no scale.
+        """
+        if self.class_bias is None:
+            return torch.einsum("bnd,bd->bn", feats, prompts)
+        proj = self.enc_class_proj if index == -1 else self.class_proj[index]
+        return torch.einsum("bnd,bd->bn", proj(feats), prompts) / math.sqrt(feats.shape[-1]) + self.class_bias[index]
 
     # ---------------------------------------------------------------- forward
     def encode(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> EncoderState:
@@ -223,28 +237,56 @@ class UPNModel(nn.Module):
         inside = ((proposals > 0.01) & (proposals < 0.99)).all(-1)
         return proposals, inside & ~flat_mask
 
-    def decode(self, state: EncoderState, prompt_type: str | Sequence[str]) -> UPNOutput:
-        """Query selection by prompt logit, then the refining decoder."""
+    def decode(self, state: EncoderState, prompt_type: str | Sequence[str],
+               query_indices: torch.Tensor | None = None) -> UPNOutput:
+        """Query selection by prompt logit, then the refining decoder.
+
+        ``query_indices``: optional (B, Q) int64 token indices into ``state.memory`` to use
+        instead of the top-Q by prompt logit (e.g. another implementation's selection,
+        to compare two implementations query by query despite near-tied scores).
+        """
         memory = state.memory
         b = memory.shape[0]
+        t = self.config.transformer
         prompts = self.prompt_vectors(prompt_type, b)
         types = [prompt_type] * b if isinstance(prompt_type, str) else list(prompt_type)
         valid = state.proposal_valid
         feats = self.enc_output_norm(self.enc_output(memory.masked_fill(~valid[..., None], 0.0)))
-        enc_logits = self._classify(self.enc_class_proj, self.class_bias[-1], feats, prompts)
-        enc_coord = self.enc_bbox_head(feats) + inverse_sigmoid(state.proposals)
-        k = min(self.config.transformer.num_queries, memory.shape[1])
-        # Rank by the prompt logit; padded/border tokens can never be picked.
-        topk = enc_logits.detach().masked_fill(~valid, float("-inf")).topk(k, dim=1).indices
+        enc_logits = self._classify(-1, feats, prompts)
+        if t.mask_invalid_proposals:
+            proposal_logits = inverse_sigmoid(state.proposals)
+        else:
+            # Official: unusable anchors get an infinite logit (box 1, 1, 1, 1) but stay rankable.
+            p = state.proposals
+            proposal_logits = torch.log(p / (1 - p)).masked_fill(~valid[..., None], float("inf"))
+        enc_coord = self.enc_bbox_head(feats) + proposal_logits
+        if query_indices is None:
+            k = min(t.num_queries, memory.shape[1])
+            ranked = enc_logits.detach()
+            if t.mask_invalid_proposals:
+                # Padded/border tokens can never be picked.
+                ranked = ranked.masked_fill(~valid, float("-inf"))
+            topk = ranked.topk(k, dim=1).indices
+        else:
+            if query_indices.shape[0] != b or query_indices.ndim != 2 or query_indices.shape[1] > t.num_queries:
+                raise ValueError(f"query_indices must be (B={b}, Q<={t.num_queries}), got {tuple(query_indices.shape)}")
+            topk = query_indices.to(memory.device)
+            k = topk.shape[1]
         sel_logits = enc_logits.gather(1, topk)
         sel_boxes = enc_coord.gather(1, topk[..., None].expand(-1, -1, 4)).sigmoid()
         tgt = self.tgt_embed.weight[:k][None].expand(b, -1, -1)
         hidden, boxes = self.decoder(tgt, sel_boxes.detach(), memory, state.spatial_shapes,
                                      state.valid_ratios, state.padding_mask)
-        layer_logits = [self._classify(proj, self.class_bias[i], h, prompts)
-                        for i, (proj, h) in enumerate(zip(self.class_proj, hidden))]
+        layer_logits = [self._classify(i, h, prompts) for i, h in enumerate(hidden)]
         aux = [{"logits": lg, "boxes": bx} for lg, bx in zip(layer_logits[:-1], boxes[:-1])]
         return UPNOutput(layer_logits[-1], boxes[-1], aux, sel_logits, sel_boxes, types)
+
+    def encoder_logits(self, state: EncoderState, prompt_type: str | Sequence[str]) -> torch.Tensor:
+        """(B, S) prompt logit of every encoder token: the score the query selection ranks."""
+        prompts = self.prompt_vectors(prompt_type, state.memory.shape[0])
+        valid = state.proposal_valid
+        feats = self.enc_output_norm(self.enc_output(state.memory.masked_fill(~valid[..., None], 0.0)))
+        return self._classify(-1, feats, prompts)
 
     def forward(self, pixel_values: torch.Tensor, prompt_type: str | Sequence[str],
                 targets: Sequence[dict] | None = None,

@@ -31,12 +31,14 @@ class Proposals:
 
 
 def select_proposals(scores: torch.Tensor, boxes_cxcywh: torch.Tensor, granularity: list,
-                     image_size: tuple, min_score: float, nms_iou: float, max_boxes: int) -> Proposals:
+                     image_size: tuple, min_score: float, nms_iou: float, max_boxes: int,
+                     clip: bool = True) -> Proposals:
     """Threshold, class-agnostic NMS and top-k for one image.
 
     Args:
         scores: (N,) sigmoid scores; boxes_cxcywh: (N, 4) normalised cxcywh;
         granularity: N strings; image_size: (width, height) pixels.
+        clip: clamp the pixel boxes to the image (the official UPN wrapper does not).
     """
     w, h = image_size
     keep = scores >= min_score
@@ -45,9 +47,10 @@ def select_proposals(scores: torch.Tensor, boxes_cxcywh: torch.Tensor, granulari
     scores, boxes = scores[keep].float(), boxes_cxcywh[keep].float()
     gran = [g for g, k in zip(granularity, keep.tolist()) if k]
     xyxy = box_convert(boxes, "cxcywh", "xyxy") * torch.tensor([w, h, w, h], dtype=torch.float32)
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
-    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+    if clip:
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
     # Fine and coarse boxes compete in one NMS: a part that coincides with its
-    # whole object is the same proposal for the LLM (DESIGN.md section 3).
+    # whole object is the same proposal for the LLM (docs/architecture.md).
     order = nms(xyxy, scores, nms_iou)[:max_boxes]
     return Proposals(xyxy[order], scores[order], [gran[i] for i in order.tolist()], tuple(image_size))

@@ -1,4 +1,4 @@
-"""UPNPredictor: image in, pixel-space proposals out."""
+"""UPNPredictor: images in, pixel-space proposals out."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import torch
 
 from .config import ImageConfig
-from .image_processing import preprocess
+from .image_processing import pad_batch, preprocess
 from .modeling import UPNModel
 from .postprocess import Proposals, select_proposals
 
@@ -14,24 +14,42 @@ _PREDICT_TYPES = ("fine", "coarse", "both")
 
 
 class UPNPredictor:
-    """Wraps a ``UPNModel`` for single-image inference.
+    """Wraps a ``UPNModel`` for inference.
 
-    The image is converted to RGB, resized with ``image_config`` (default: the
-    model config's rule, short side 800 / cap 1333 for upn-large) and normalised.
-    For ``prompt_type="both"`` the backbone and encoder run once and the decoder
-    runs for each prompt.
+    Images are converted to RGB, resized with ``image_config`` (default: the model
+    config's rule, short side 800 / cap 1333 for upn-large) and normalised. For
+    ``prompt_type="both"`` the backbone and encoder run once and the decoder runs
+    for each prompt.
     """
 
     def __init__(self, model: UPNModel, image_config: ImageConfig | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
         self.model = model.to(self.device).eval()
         self.image_config = image_config if image_config is not None else model.config.image
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         image_config: ImageConfig | None = None) -> "UPNPredictor":
-        return cls(UPNModel.from_pretrained(directory), image_config=image_config, device=device)
+        """Load a saved folder (``config.json`` + ``model.safetensors``) or an official
+        ``upn_large.pth`` checkpoint (converted in memory by ``upn.convert``)."""
+        if os.path.isfile(path):
+            from .convert import load_official_checkpoint
+
+            model = load_official_checkpoint(path)
+        else:
+            model = UPNModel.from_pretrained(path)
+        return cls(model, image_config=image_config, device=device)
+
+    def _check_args(self, prompt_type: str, nms_iou: float, max_boxes: int) -> None:
+        if prompt_type not in _PREDICT_TYPES:
+            raise ValueError(f"prompt_type must be one of {_PREDICT_TYPES}, got {prompt_type!r}")
+        if not 0.0 <= nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in [0, 1], got {nms_iou}")
+        if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 0:
+            raise ValueError(f"max_boxes must be an int >= 0, got {max_boxes!r}")
 
     def predict(self, image, prompt_type: str = "fine", min_score: float = 0.3,
                 nms_iou: float = 0.8, max_boxes: int = 100) -> Proposals:
@@ -40,21 +58,26 @@ class UPNPredictor:
         Returns boxes as pixel xyxy float32 in the original image, sorted by score;
         empty ``Proposals`` when nothing scores >= ``min_score``.
         """
-        if prompt_type not in _PREDICT_TYPES:
-            raise ValueError(f"prompt_type must be one of {_PREDICT_TYPES}, got {prompt_type!r}")
-        if not 0.0 <= nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must be in [0, 1], got {nms_iou}")
-        if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 0:
-            raise ValueError(f"max_boxes must be an int >= 0, got {max_boxes!r}")
-        pixel_values, size = preprocess(image, self.image_config)
+        return self.predict_batch([image], prompt_type, min_score, nms_iou, max_boxes)[0]
+
+    def predict_batch(self, images: list, prompt_type: str = "fine", min_score: float = 0.3,
+                      nms_iou: float = 0.8, max_boxes: int = 100) -> list[Proposals]:
+        """``predict`` for several images of any sizes in one forward pass: they are
+        zero-padded bottom/right to a common size and the padding is masked out."""
+        self._check_args(prompt_type, nms_iou, max_boxes)
+        if not images:
+            return []
+        prepared = [preprocess(im, self.image_config) for im in images]
+        pixel_values, pixel_mask = pad_batch([p[0] for p in prepared])
         types = ["fine", "coarse"] if prompt_type == "both" else [prompt_type]
         with torch.inference_mode():
-            state = self.model.encode(pixel_values[None].to(self.device))
-            scores, boxes, gran = [], [], []
-            for t in types:
-                out = self.model.decode(state, t)
-                scores.append(out.scores[0].float().cpu())
-                boxes.append(out.boxes[0].float().cpu())
-                gran += [t] * out.scores.shape[1]
-        return select_proposals(torch.cat(scores), torch.cat(boxes), gran, size,
-                                min_score, nms_iou, max_boxes)
+            state = self.model.encode(pixel_values.to(self.device), pixel_mask.to(self.device))
+            outs = [self.model.decode(state, t) for t in types]
+        results = []
+        for i, (_, size) in enumerate(prepared):
+            scores = torch.cat([o.scores[i].float().cpu() for o in outs])
+            boxes = torch.cat([o.boxes[i].float().cpu() for o in outs])
+            gran = [t for t, o in zip(types, outs) for _ in range(o.scores.shape[1])]
+            results.append(select_proposals(scores, boxes, gran, size, min_score, nms_iou, max_boxes,
+                                            clip=self.image_config.clip_boxes))
+        return results

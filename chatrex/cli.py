@@ -42,15 +42,33 @@ def _image_and_predictor(args):
     """Check the image, load the model, and encode the image once."""
     from .predictor import ChatRexPredictor
 
+    _check_device(args)
     image = _load_image(args.image)
     try:
-        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
+        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn, device=args.device, torch_dtype=args.dtype)
         predictor.set_image(image)
     except (ValueError, RuntimeError, OSError) as err:
         # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
         # that miss a key (strict loading names it)
         raise UserError(_one_line(err)) from None
     return image, predictor
+
+
+def _check_device(args) -> None:
+    """Fail fast, before loading anything, on a device this machine lacks (e.g. --device cuda
+    without CUDA) or an unknown dtype."""
+    from .predictor import resolve_device_dtype
+
+    try:
+        resolve_device_dtype(args.device, getattr(args, "dtype", None))
+    except ValueError as err:
+        raise UserError(_one_line(err)) from None
+
+
+def _device_arguments(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
 
 
 def _one_line(err: Exception) -> str:
@@ -135,6 +153,7 @@ def cmd_ask(args) -> int:
 def cmd_proposals(args) -> int:
     from .predictor import UPN_SUBDIR, resolve_model_path
 
+    _check_device(args)
     image = _load_image(args.image)
     try:
         from upn import UPNPredictor
@@ -166,7 +185,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"{args.data} has no records.jsonl")
     try:
         table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image,
-                         proposal_min_score=args.proposal_min_score)
+                         proposal_min_score=args.proposal_min_score, device=getattr(args, "device", None) or "cpu")
     except (ValueError, RuntimeError, OSError, KeyError) as err:
         raise UserError(f"{type(err).__name__}: {err}") from None
     print(table.format())
@@ -184,7 +203,9 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from demo.app import main as demo_main
 
-    argv = ["--model", args.model, "--host", args.host, "--port", str(args.port)] + (["--share"] if args.share else [])
+    _check_device(args)
+    argv = ["--model", args.model, "--host", args.host, "--port", str(args.port), "--device", args.device] + (["--share"] if args.share else [])
+    argv += ["--dtype", args.dtype] if args.dtype else []
     return demo_main(argv)
 
 
@@ -208,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("phrase", help="category, short phrase or referring expression")
     p.add_argument("--out", help="write the image with labelled boxes here")
     p.add_argument("--json", action="store_true", help='print {"phrase", "boxes", "answer"} as one JSON object')
+    _device_arguments(p)
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("ask", help="ask a question about an image", epilog='example: chatrex ask examples/scene1.png "How many boats are there?"',
@@ -216,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--out", help="write the image with the answer's boxes here")
     p.add_argument("--json", action="store_true", help="print the answer, raw text and spans as JSON")
+    _device_arguments(p)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("proposals", help="show the proposal network's boxes", epilog="example: chatrex proposals examples/scene1.png --granularity fine --out props.png",
@@ -252,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    _device_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     # Parsed by data_engine.cli (see main); listed here so `chatrex --help` shows it.

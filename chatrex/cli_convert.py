@@ -22,6 +22,17 @@ def _upn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to-official", action="store_true", help="convert a converted folder back to the official layout")
 
 
+def _compose_arguments(p: argparse.ArgumentParser) -> None:
+    # The arguments of chatrex.convert_compose.run (declared here: that module imports torch).
+    p.add_argument("--clip", required=True, help="transformers CLIP folder (CLIPModel or CLIPVisionModel), e.g. clip-vit-large-patch14-336/")
+    p.add_argument("--convnext", required=True, help="ConvNeXt .safetensors/.bin in the open_clip (visual.trunk.*) or timm layout")
+    p.add_argument("--llm", required=True, help="transformers causal-LM folder with its tokenizer (Qwen2.5, Llama, ...)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --llm folder)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype of the whole model (default auto: the LLM's stored dtype)")
+
+
 @dataclass(frozen=True)
 class Converter:
     name: str
@@ -34,6 +45,10 @@ class Converter:
 CONVERTERS = [
     Converter("upn", "released UPN checkpoint (upn_large.pth) -> safetensors folder for UPNModel/UPNPredictor",
               _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/"),
+    Converter("compose", "pretrained parts (CLIP, LAION/timm ConvNeXt, a causal LM) -> ChatRex folder, the stage-1 starting point",
+              _compose_arguments, "chatrex.convert_compose:run",
+              "example: chatrex convert compose --clip clip-vit-large-patch14-336/ --convnext open_clip_model.safetensors "
+              "--llm Qwen2.5-7B/ --out chatrex-7b-init/"),
 ]
 
 

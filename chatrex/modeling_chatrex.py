@@ -20,7 +20,7 @@ from .configuration_chatrex import ChatRexConfig
 from .object_encoder import ObjectEncoder
 from .object_pointer import ObjectPointerHead, gather_references, pad_object_features
 from .projector import build_projector
-from .strict_loading import check_loading_info, override_added_keys
+from .strict_loading import check_loading_info, override_key_changes
 from .special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
 from .token_compression import build_token_compression
 
@@ -82,17 +82,18 @@ class ChatRexPreTrainedModel(PreTrainedModel):
         """transformers' ``from_pretrained``, made strict: a missing, unexpected or mis-shaped key
         raises ``ValueError`` naming it (transformers only logs them and initialises the missing
         ones at random). Config overrides passed as keyword arguments may add parameters (e.g.
-        ``token_compression="avgpool2x2"``); only those may be missing. ``strict=False`` restores
+        ``token_compression="avgpool2x2"``) or remove them (``object_pointer_head=False``); only
+        those may be missing or left unused. ``strict=False`` restores
         transformers' behaviour."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         if strict:
-            allowed = set()
+            added = removed = set()
             if kwargs and "config" not in kwargs:
                 _, unused = cls.config_class.from_pretrained(pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs)
                 overrides = {k: v for k, v in kwargs.items() if k not in unused}
-                allowed = override_added_keys(cls.config_class, cls, pretrained_model_name_or_path, overrides)
-            check_loading_info(pretrained_model_name_or_path, info, allowed)
+                added, removed = override_key_changes(cls.config_class, cls, pretrained_model_name_or_path, overrides)
+            check_loading_info(pretrained_model_name_or_path, info, added, removed)
         return (model, info) if want_info else model
 
     @torch.no_grad()
@@ -183,7 +184,9 @@ class ChatRexModel(ChatRexPreTrainedModel):
         for i, b in enumerate(boxes):
             if len(b) > self.config.max_objects:
                 raise ValueError(f"image {i} has {len(b)} boxes; at most {self.config.max_objects} are supported")
-        pooled = self.object_encoder(high_res_features, [b.to(high_res_features[0].device) for b in boxes])
+        # float32 up to the projector, as the official code: bf16 ROI-align and sine embeddings
+        # of small normalised boxes lose the precision that tells neighbouring boxes apart.
+        pooled = self.object_encoder([f.float() for f in high_res_features], [b.to(high_res_features[0].device) for b in boxes])
         projected = self.mm_object_projector(torch.cat(pooled).to(self.mm_projector_dtype))
         return list(projected.split([len(p) for p in pooled]))
 

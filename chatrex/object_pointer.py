@@ -62,7 +62,7 @@ def pad_object_features(object_features: list[torch.Tensor], owners: list[int], 
 def object_index_of(input_ids: torch.Tensor, object_token_ids: list[int]) -> torch.Tensor:
     """(B, T) -> (B, T): K where the token is ``<objK>``, -1 elsewhere."""
     ids, sorted_ids, order = _id_tables(tuple(object_token_ids), input_ids.device)
-    pos = torch.searchsorted(sorted_ids, input_ids).clamp(max=len(ids) - 1)
+    pos = torch.searchsorted(sorted_ids, input_ids.contiguous()).clamp(max=len(ids) - 1)
     hit = sorted_ids[pos] == input_ids
     return torch.where(hit, order[pos], torch.full_like(input_ids, -1))
 

@@ -46,6 +46,34 @@ def _check_max_new_tokens(value) -> int:
     return int(value)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device_dtype(device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """Check a device and dtype request; ``dtype=None`` means float32 on a CPU and bfloat16 on a
+    GPU. Raises ``ValueError`` (one line) for an unknown value or a GPU this machine lacks."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device must be cpu or cuda[:N], got {str(device)!r}")
+    if dtype is None:
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype.removeprefix("torch.")]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return device, dtype
+
+
 def bundled_models() -> list[str]:
     """Names of the models shipped inside the package (e.g. ``chatrex-tiny``)."""
     if not BUNDLED_DIR.is_dir():
@@ -121,7 +149,7 @@ class ChatRexPredictor:
     """
 
     def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
-                 proposal_min_score: float = 0.1, proposal_nms_iou: float = 0.6, max_new_tokens: int = 96, cache_size: int = 4):
+                 proposal_min_score: float = 0.1, proposal_nms_iou: float = 0.6, max_new_tokens: int = 256, cache_size: int = 4):
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.device = torch.device(device)
@@ -136,12 +164,20 @@ class ChatRexPredictor:
         self._recent: OrderedDict[str, _Cache] = OrderedDict()
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "chatrex-tiny", upn: str | os.PathLike | None = None, device: str | torch.device = "cpu", **kwargs) -> "ChatRexPredictor":
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "chatrex-tiny", upn: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        torch_dtype: str | torch.dtype | None = None, **kwargs) -> "ChatRexPredictor":
         """Load a bundled model by name (``"chatrex-tiny"``) or a local folder. The UPN comes from
-        ``upn`` or, if absent, from the folder's ``upn/`` subfolder when there is one."""
+        ``upn`` or, if absent, from the folder's ``upn/`` subfolder when there is one.
+
+        ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``torch_dtype``: float32, bfloat16 or
+        float16 (default: float32 on a CPU, bfloat16 on a GPU). The weights are read straight
+        into that dtype on that device (one copy in memory). ROI features stay float32 up to
+        the object projector whatever the dtype, as in the official code."""
+        device, dtype = resolve_device_dtype(device, torch_dtype)
         path = resolve_model_path(name_or_path)
         # Bundled weights are stored in fp16 to keep the repository small; CPUs want fp32.
-        model = ChatRexForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        # device_map places each tensor on the GPU as it is read instead of loading on the CPU first.
+        model = ChatRexForConditionalGeneration.from_pretrained(path, dtype=dtype, **({"device_map": str(device)} if device.type != "cpu" else {}))
         processor = ChatRexProcessor.from_pretrained(path)
         upn_path = Path(upn) if upn is not None else path / UPN_SUBDIR
         upn_predictor = None

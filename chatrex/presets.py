@@ -10,18 +10,23 @@ from .configuration_chatrex import ChatRexConfig
 
 
 def chatrex_7b() -> ChatRexConfig:
-    """Full size: CLIP ViT-L/14 at 336 px, LAION ConvNeXt-L at 768 px, Qwen2.5-7B."""
+    """Full size: CLIP ViT-L/14 at 336 px, LAION ConvNeXt-L at 768 px, Qwen2.5-7B.
+
+    Equal to what ``chatrex convert compose`` builds from the three published parts
+    (tests/chatrex/test_compose.py checks it on the meta device): Qwen2.5-7B's config.json with
+    the vocabulary cut to its tokenizer plus the ChatRex tokens (151,665 + 106 = 151,771, as
+    the official code resizes to ``len(tokenizer)``), and timm's ConvNeXt head-norm eps."""
     return ChatRexConfig(
         vision_low_config=CLIPVisionConfig(
             hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
             patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu",
         ),
-        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768),
+        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768, layer_norm_eps=1e-6),
         text_config=Qwen2Config(
-            vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-            num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+            vocab_size=151771, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
             rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            tie_word_embeddings=False,
+            bos_token_id=151643, eos_token_id=151643, tie_word_embeddings=False,
         ),
     )
 

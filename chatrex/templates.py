@@ -50,10 +50,15 @@ REGION = {
     ],
 }
 
+# The grounded captions of the training data name every whole object, so "find all the
+# objects" is the same task and gets the same answer.
 GROUNDED_CAPTION = [
     "Briefly describe the image and ground the objects you mention.",
     "Write a short grounded caption for this image.",
     "Describe the image, linking each object you mention to its box.",
+    "Describe the image and find all the objects.",
+    "Find all the objects in the image.",
+    "List every object in the image with its box.",
 ]
 
 CAPTION = [

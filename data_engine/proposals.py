@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N records")
     parser.add_argument("--min-score", type=float, default=0.1)
     parser.add_argument("--nms-iou", type=float, default=0.6)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="process only records I, I+N, I+2N, ... (run N processes at once, then concatenate their outputs)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.records):
         print(f"error: {args.records!r} does not exist", file=sys.stderr)
@@ -34,11 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     from chatrex.image_processing import load_image
     from upn import UPNPredictor
 
-    predictor = UPNPredictor.from_pretrained(args.upn)
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        if not 0 <= shard < shards:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    predictor = UPNPredictor.from_pretrained(args.upn, device=args.device)
     root = os.path.dirname(os.path.abspath(args.records))
     records = list(read_jsonl(args.records))
     if args.limit is not None:
         records = records[: args.limit]
+    records = records[shard::shards]
     tmp = args.out + ".tmp"
     with open(tmp, "w") as out:
         for rec in tqdm(records, desc="proposals"):

@@ -31,9 +31,15 @@ def _chat_turn(history, user_text: str, reply: Reply):
     return history
 
 
-def build_app(logic: DemoLogic, title: str = "ChatRex") -> gr.Blocks:
+BUNDLED_NOTE = ("The bundled model `chatrex-tiny` was trained only on this project's synthetic world of shapes, houses, "
+                "boats, cars, trees and people: on a photograph it answers confidently and wrongly. Try the example images, "
+                "or load real weights with `chatrex demo --model PATH`.")
+
+
+def build_app(logic: DemoLogic, title: str = "ChatRex", note: str = "") -> gr.Blocks:
     with gr.Blocks(title=title) as app:
-        gr.Markdown(f"# {title}\nUpload an image and ask about it. Grounded phrases are highlighted in the colour of their boxes.")
+        gr.Markdown(f"# {title}\nUpload an image and ask about it. Grounded phrases are highlighted in the colour of their boxes."
+                    + (f"\n\n{note}" if note else ""))
         with gr.Tab("Chat"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -128,10 +134,10 @@ def build_app(logic: DemoLogic, title: str = "ChatRex") -> gr.Blocks:
     return app
 
 
-def load_logic(model: str = "chatrex-tiny") -> DemoLogic:
+def load_logic(model: str = "chatrex-tiny", device: str = "cpu", dtype: str | None = None) -> DemoLogic:
     from chatrex import ChatRexPredictor
 
-    return DemoLogic(ChatRexPredictor.from_pretrained(model))
+    return DemoLogic(ChatRexPredictor.from_pretrained(model, device=device, torch_dtype=dtype))
 
 
 def main(argv=None) -> int:
@@ -143,13 +149,18 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        logic = load_logic(args.model)
+        logic = load_logic(args.model, args.device, args.dtype)
     except ValueError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"model": args.model, "url": f"http://{args.host}:{args.port}"}), flush=True)
-    build_app(logic).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    from chatrex.predictor import BUNDLED_DIR
+
+    bundled = not os.path.isdir(args.model) and (BUNDLED_DIR / args.model).is_dir()
+    build_app(logic, note=BUNDLED_NOTE if bundled else "").launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
     return 0

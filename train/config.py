@@ -76,6 +76,9 @@ class RunConfig:
     eval_every: int = 100
     log_every: int = 10
     keep_checkpoints: int = 2
+    max_minutes: float | None = None
+    """Wall-clock budget: stop after the first step past it, checkpoint and write final/ as at
+    max_steps (e.g. to fit a GPU lease). The learning-rate schedule still spans max_steps."""
     mixed_precision: str = "auto"
     """'auto' (bf16 on GPUs that support it, fp32 on CPU), 'no', 'bf16' or 'fp16'."""
     gradient_checkpointing: bool = False
@@ -110,6 +113,7 @@ class TrainConfig:
             "train.eval_every": self.train.eval_every > 0,
             "train.log_every": self.train.log_every > 0,
             "train.keep_checkpoints": self.train.keep_checkpoints > 0,
+            "train.max_minutes": self.train.max_minutes is None or self.train.max_minutes > 0,
             "data.max_boxes": 1 <= self.data.max_boxes <= 100,
             "data.dedup_iou": 0 < self.data.dedup_iou <= 1,
             "data.num_workers": self.data.num_workers >= 0,

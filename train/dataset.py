@@ -25,7 +25,7 @@ from chatrex.image_processing import load_image, validate_boxes
 from chatrex.coordinates import to_coordinate_conversation
 
 from .box_list import build_box_list
-from .tasks import BUILDERS, TASKS, BadSample
+from .tasks import BUILDERS, TASKS, BadSample, order_objects
 
 MAX_SKIP = 100
 ANSWER_FORMATS = ("indices", "coordinates")
@@ -187,6 +187,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
             conversation.extend(turns)
             names.append(task)
         boxes = box_list.boxes
+        conversation = [dict(t, content=order_objects(t["content"], boxes)) if t["role"] == "assistant" else t for t in conversation]
         if self.answer_format == "coordinates":
             conversation = to_coordinate_conversation(conversation, boxes, image.width, image.height)
             boxes = np.zeros((0, 4))

@@ -20,7 +20,16 @@ from chatrex import templates
 
 TASKS = ("detection", "region", "grounded_caption", "caption", "conversation")
 
+# Share of detection queries drawn from the negatives (phrases with no match) when a record
+# has any. Synthetic records carry about 4% negatives; sampled at that rate the model learned to
+# answer a box for 75% of no-target queries (MODEL_CARD.md), so negatives are drawn more often.
+NEGATIVE_SHARE = 0.25
+# Share of region questions about whole objects (coarse) when a record has both granularities.
+# Parts outnumber wholes about 4 to 1, which left whole objects named worse than parts.
+COARSE_REGION_SHARE = 0.5
+
 _OBJ = re.compile(r"<obj(\d+)>")
+_OBJECTS = re.compile(re.escape(OBJECTS_START) + r"((?:<obj\d+>)*)" + re.escape(OBJECTS_END))
 
 
 class BadSample(ValueError):
@@ -51,6 +60,26 @@ def remap_indices(text: str, region_to_index: list[int | None]) -> str:
     return _OBJ.sub(sub, text)
 
 
+def order_objects(text: str, boxes) -> str:
+    """Rewrite every ``<objects>…</objects>`` group so its indices run left to right (by box
+    centre x, then y; ``boxes`` is the sample's box list, pixel xyxy (K, 4)). A fixed scan order
+    tells the model where to continue after each instance, so it lists all of them instead of
+    stopping after one or two; index order is random because the box list is shuffled."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+    def key(i: int):
+        if i >= len(boxes):
+            return (float("inf"), float("inf"), i)
+        b = boxes[i]
+        return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, i)
+
+    def sub(match: re.Match) -> str:
+        indices = [int(n) for n in _OBJ.findall(match.group(1))]
+        return OBJECTS_START + "".join(f"<obj{i}>" for i in sorted(indices, key=key)) + OBJECTS_END
+
+    return _OBJECTS.sub(sub, text)
+
+
 def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
@@ -76,7 +105,12 @@ def build_detection(record: dict, region_to_index: list[int | None], rng: np.ran
     queries = [q for q in _queries(record) if q.get("text")]
     if not queries:
         return None
-    q = _pick(rng, queries)
+    negatives = [q for q in queries if not q.get("targets")]
+    positives = [q for q in queries if q.get("targets")]
+    if negatives and positives:
+        q = _pick(rng, negatives) if rng.random() < NEGATIVE_SHARE else _pick(rng, positives)
+    else:
+        q = _pick(rng, queries)
     kind = q.get("type", "phrase") if q.get("type") in templates.DETECTION else "phrase"
     targets = []
     for t in q.get("targets", []):
@@ -96,6 +130,10 @@ def build_region(record: dict, region_to_index: list[int | None], rng: np.random
     ]
     if not candidates:
         return None
+    coarse = [c for c in candidates if regions[c[0]].get("granularity", "coarse") == "coarse"]
+    fine = [c for c in candidates if regions[c[0]].get("granularity", "coarse") != "coarse"]
+    if coarse and fine:
+        candidates = coarse if rng.random() < COARSE_REGION_SHARE else fine
     i, field = candidates[int(rng.integers(len(candidates)))]
     question = _pick(rng, templates.REGION[field]).format(obj=f"<obj{region_to_index[i]}>")
     return [{"role": "user", "content": question}, {"role": "assistant", "content": str(regions[i][field])}]

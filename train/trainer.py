@@ -195,6 +195,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         save_checkpoint(accelerator, out, step, state, cfg.train.keep_checkpoints)
         last_saved = step
 
+    started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        if cfg.train.max_minutes is None:
+            return False
+        late = torch.tensor(float(time.perf_counter() - started > 60 * cfg.train.max_minutes), device=accelerator.device)
+        return bool(accelerator.reduce(late, "max") > 0)  # every process stops at the same step
+
     try:
         while step < cfg.train.max_steps:
             sampler.start_epoch(epoch)
@@ -234,9 +242,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 if accelerator.is_main_process and (step % cfg.train.log_every == 0 or "eval_loss" in row):
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(row) + "\n")
-                if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
+                timed_out = out_of_time()
+                if step % cfg.train.save_every == 0 or step == cfg.train.max_steps or timed_out:
                     checkpoint()
-                if step >= cfg.train.max_steps:
+                if timed_out:
+                    accelerator.print(f"train.max_minutes={cfg.train.max_minutes} reached at step {step}")
+                if step >= cfg.train.max_steps or timed_out:
                     break
             else:
                 epoch, offset = epoch + 1, 0

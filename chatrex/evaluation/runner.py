@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .metrics import ClassCounts, coco_map, detection_precision_recall, proposal_recall, referring_correct
+from .metrics import ClassCounts, coco_map, detection_precision_recall, greedy_match, proposal_recall, referring_correct
 
-TASKS = ("detection", "referring", "region", "proposals")
+TASKS = ("detection", "referring", "region", "proposals", "grounded_caption")
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _sample(items: list, k: int | None, key: str) -> list:
 
 
 def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None,
-             per_image: int | None = None, proposal_min_score: float | None = None) -> EvalTable:
+             per_image: int | None = None, proposal_min_score: float | None = None, device: str = "cpu") -> EvalTable:
     """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` for ``task``.
 
     ``limit`` caps the images; ``per_image`` caps the queries (detection: categories,
@@ -65,10 +65,10 @@ def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn
         from chatrex.predictor import ChatRexPredictor
 
         kwargs = {} if proposal_min_score is None else {"proposal_min_score": proposal_min_score}
-        predictor = ChatRexPredictor.from_pretrained(model, upn=upn, **kwargs)
+        predictor = ChatRexPredictor.from_pretrained(model, upn=upn, device=device, **kwargs)
     records = _records(data_dir, limit)
     start = time.perf_counter()
-    run = {"detection": _detection, "referring": _referring, "region": _region, "proposals": _proposals}[task]
+    run = {"detection": _detection, "referring": _referring, "region": _region, "proposals": _proposals, "grounded_caption": _grounded_caption}[task]
     metrics = run(predictor, tqdm(records, desc=f"eval {task}", disable=not progress), per_image)
     metrics["images"] = len(records)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
@@ -140,6 +140,29 @@ def _region(predictor, records, per_image) -> dict:
         out[f"category accuracy ({g})"] = c / t
     out["regions"] = total
     return out
+
+
+def _grounded_caption(predictor, records, per_image) -> dict:
+    """Ask for a grounded caption; every box the answer grounds is matched one-to-one (IoU >= 0.5)
+    against the image's whole objects (coarse regions). Recall: whole objects grounded;
+    precision: grounded boxes that are a whole object. Micro-averaged over images."""
+    from chatrex import templates
+
+    matched = predicted = wholes = 0
+    for rec in records:
+        gt = [r["box"] for r in rec.get("regions", []) if r.get("granularity", "coarse") == "coarse"]
+        predictor.set_image(_image(rec["image"]))
+        answer = predictor.ask(templates.GROUNDED_CAPTION[0], max_new_tokens=512)  # a caption names every object
+        boxes = list({tuple(b) for s in answer.spans for b in s.boxes})  # a box named twice counts once
+        matched += greedy_match(sorted(boxes), gt)
+        predicted += len(boxes)
+        wholes += len(gt)
+    return {
+        "whole-object recall@0.5": matched / wholes if wholes else 0.0,
+        "grounding precision@0.5": matched / predicted if predicted else 0.0,
+        "whole objects": wholes,
+        "grounded boxes": predicted,
+    }
 
 
 def _proposals(predictor, records, per_image) -> dict:

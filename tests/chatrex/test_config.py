@@ -49,9 +49,9 @@ def test_chatrex_7b_on_meta_device():
         model = ChatRexForConditionalGeneration(cfg)
     counts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.model.named_children()}
     total = sum(p.numel() for p in model.parameters())
-    # Qwen2.5-7B body (7.07B) + lm_head (0.545B) + CLIP-L (0.30B) + ConvNeXt-L (0.196B) + projectors.
+    # Qwen2.5-7B body (7.07B) + lm_head (0.544B) + CLIP-L (0.30B) + ConvNeXt-L (0.196B) + projectors.
     assert 8.0e9 < total < 8.3e9
-    assert counts["language_model"] == 7_070_619_136
+    assert counts["language_model"] == 7_069_569_024  # vocabulary 151,771: Qwen2.5 tokenizer + ChatRex tokens
     assert 3.0e8 < counts["vision_low"] < 3.1e8
     assert counts["mm_projector"] == 2560 * 3584 + 3584 + 3584 * 3584 + 3584
     assert counts["mm_object_projector"] == 2880 * 3584 + 3584 + 3584 * 3584 + 3584

@@ -62,3 +62,35 @@ def test_sampling_is_reproducible_and_ordered():
 def test_table_format():
     text = EvalTable("referring", {"acc@0.5": 0.5, "queries": 4}).format()
     assert "acc@0.5" in text and "0.5000" in text and "4" in text
+
+
+def test_grounded_caption_scores_whole_objects_hand_computed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import chatrex.evaluation.runner as runner
+
+    records = [
+        {"image": "a.png", "regions": [{"box": [0, 0, 10, 10], "granularity": "coarse"}, {"box": [20, 0, 30, 10], "granularity": "coarse"},
+                                       {"box": [0, 0, 5, 5], "granularity": "fine"}]},
+        {"image": "b.png", "regions": [{"box": [0, 0, 10, 10], "granularity": "coarse"}]},
+    ]
+    answers = iter([
+        # image a: one whole object found twice (counts once), one part, one miss -> 1 of 2 wholes, 1 of 2 boxes
+        [SimpleNamespace(boxes=[[0, 0, 10, 10]]), SimpleNamespace(boxes=[[0, 0, 10, 10], [0, 0, 5, 5]])],
+        # image b: found -> 1 of 1, 1 of 1
+        [SimpleNamespace(boxes=[[0, 0, 10, 10]])],
+    ])
+
+    class FakePredictor:
+        def set_image(self, image):
+            pass
+
+        def ask(self, question, max_new_tokens=None):
+            assert max_new_tokens >= 256  # a caption that names every object must not be cut short
+            return SimpleNamespace(spans=next(answers))
+
+    monkeypatch.setattr(runner, "_image", lambda path: None)
+    metrics = runner._grounded_caption(FakePredictor(), records, None)
+    assert metrics["whole-object recall@0.5"] == pytest.approx(2 / 3)
+    assert metrics["grounding precision@0.5"] == pytest.approx(2 / 3)
+    assert metrics["whole objects"] == 3 and metrics["grounded boxes"] == 3

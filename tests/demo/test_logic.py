@@ -95,6 +95,16 @@ def test_app_builds_with_named_endpoints(logic):
     assert {"ask", "detect", "describe", "grounded_caption", "proposals"} <= names
 
 
+def test_bundled_model_note_is_shown(logic):
+    import json
+
+    from demo.app import BUNDLED_NOTE
+
+    shown = json.dumps(build_app(logic, note=BUNDLED_NOTE).config)
+    assert "synthetic world" in shown and "--model PATH" in shown
+    assert "synthetic world" not in json.dumps(build_app(logic).config)
+
+
 def test_model_errors_become_messages(demo_model_dir, tmp_path):
     import shutil
 

@@ -1,4 +1,4 @@
-"""A tiny record set (DESIGN.md §5) with rendered images, and configs for tiny training runs."""
+"""A tiny record set (docs/records.md) with rendered images, and configs for tiny training runs."""
 
 from __future__ import annotations
 

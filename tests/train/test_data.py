@@ -206,3 +206,27 @@ def test_a_malformed_record_line_stops_training(records_path, tmp_path):
     image_dir.symlink_to(os.path.join(os.path.dirname(records_path), "images"))
     with pytest.raises(ValueError, match=r"r\.jsonl:2: not valid JSON"):
         ChatRexDataset(records, {"detection": 1.0}, seed=0)[1]
+
+
+def test_multi_instance_answers_run_left_to_right():
+    from train.tasks import order_objects
+
+    boxes = [[50, 0, 60, 10], [0, 0, 10, 10], [20, 30, 30, 40], [20, 0, 30, 10]]
+    text = "two cars <ground>cars</ground><objects><obj0><obj1><obj2><obj3></objects> and <ground>x</ground><objects></objects>"
+    # centres x: 55, 5, 25, 25 -> 1, then 3 and 2 (same x: higher one first), then 0
+    assert order_objects(text, boxes) == "two cars <ground>cars</ground><objects><obj1><obj3><obj2><obj0></objects> and <ground>x</ground><objects></objects>"
+
+
+def test_negatives_and_whole_objects_are_drawn_at_their_shares():
+    from train.tasks import COARSE_REGION_SHARE, NEGATIVE_SHARE, build_detection, build_region
+
+    regions = [{"box": [i, 0, i + 1, 1], "category": f"c{i}", "granularity": "coarse" if i == 0 else "fine"} for i in range(20)]
+    record = {"regions": regions, "queries": [{"type": "phrase", "text": f"q{i}", "targets": [i]} for i in range(19)]
+              + [{"type": "phrase", "text": "purple dragon", "targets": []}]}
+    rng = np.random.default_rng(0)
+    answers = [build_detection(record, list(range(20)), rng)[1]["content"] for _ in range(2000)]
+    negative = sum(a.endswith("<objects></objects>") for a in answers) / len(answers)
+    assert abs(negative - NEGATIVE_SHARE) < 0.04, negative  # 1 negative in 20 queries would give 0.05
+    questions = [build_region(record, list(range(20)), rng)[0]["content"] for _ in range(2000)]
+    whole = sum("<obj0>" in q for q in questions) / len(questions)
+    assert abs(whole - COARSE_REGION_SHARE) < 0.04, whole  # 1 whole object in 20 regions would give 0.05

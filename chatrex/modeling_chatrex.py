@@ -64,6 +64,7 @@ class ChatRexCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
     object_memory: torch.Tensor | None = None
     object_memory_mask: torch.Tensor | None = None
+    object_keys: torch.Tensor | None = None
 
 
 class ChatRexPreTrainedModel(PreTrainedModel):
@@ -390,14 +391,16 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         object_features: list[torch.Tensor] | None = None,
         object_memory: torch.Tensor | None = None,
         object_memory_mask: torch.Tensor | None = None,
+        object_keys: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ChatRexCausalLMOutputWithPast:
         """Same inputs as :meth:`ChatRexModel.forward`, plus ``labels`` (B, T) with -100 on
-        tokens that carry no loss. Returns logits (B, T, V) and, with labels, the mean
-        next-token cross-entropy."""
+        tokens that carry no loss, and ``object_keys`` (B, M, H): the pointer head's projected
+        slot keys from an earlier step (``generate`` passes them to decoding steps). Returns
+        logits (B, T, V) and, with labels, the mean next-token cross-entropy."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -423,9 +426,9 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         if self.object_pointer is not None:
             if self.config.object_token_ids is None:
                 raise ValueError("config.object_pointer_head needs config.object_token_ids; add the special tokens first (attach_tokenizer)")
-            memory = outputs.object_memory
-            slots = self.model.object_slots(memory) if memory is not None else None
-            logits = self.object_pointer.write_logits(logits, hidden, self.config.object_token_ids, slots, outputs.object_memory_mask)
+            if object_keys is None and outputs.object_memory is not None:
+                object_keys = self.object_pointer.project_keys(self.model.object_slots(outputs.object_memory))
+            logits = self.object_pointer.write_logits(logits, hidden, self.config.object_token_ids, object_keys, outputs.object_memory_mask)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
@@ -437,6 +440,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             object_memory=outputs.object_memory,
             object_memory_mask=outputs.object_memory_mask,
+            object_keys=object_keys if self.object_pointer is not None else None,
         )
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
@@ -446,6 +450,9 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         if getattr(outputs, "object_memory", None) is not None:
             model_kwargs["object_memory"] = outputs.object_memory
             model_kwargs["object_memory_mask"] = outputs.object_memory_mask
+        if getattr(outputs, "object_keys", None) is not None:
+            # The pointer head's slot keys, projected once at prefill (the box list is fixed).
+            model_kwargs["object_keys"] = outputs.object_keys
         return model_kwargs
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

@@ -95,22 +95,32 @@ class ObjectPointerHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, H), slots (B, M, H) -> scores (B, T, M)."""
+        return self.scores(hidden, self.project_keys(slots))
+
+    def project_keys(self, slots: torch.Tensor) -> torch.Tensor:
+        """slots (B, M, H) -> keys (B, M, H). The box list does not change while an answer is
+        generated, so ``generate`` computes the keys once at prefill and carries them."""
+        return self.key(slots.to(self.key.weight.dtype))
+
+    def scores(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H), keys (B, M, H) -> scores (B, T, M)."""
         q = self.query(hidden)
-        k = self.key(slots.to(q.dtype))
-        return torch.einsum("bth,bmh->btm", q, k) * self.scale
+        return torch.einsum("bth,bmh->btm", q, keys.to(q.dtype)) * self.scale
 
-    def write_logits(self, logits: torch.Tensor, hidden: torch.Tensor, object_token_ids: list[int], slots: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-        """Replace the ``<obj0>``..``<objN-1>`` columns of ``logits`` (B, T, V) with pointer scores.
+    def write_logits(self, logits: torch.Tensor, hidden: torch.Tensor, object_token_ids: list[int], keys: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """Replace the ``<obj0>``..``<objN-1>`` columns of ``logits`` (B, T, V) with pointer scores
+        (``keys`` from :meth:`project_keys`, (B, M, H); ``mask`` (B, M)).
 
-        Slots the sample does not have (and every index when there is no memory) get the
-        dtype's lowest value, so they take no probability.
+        Only the M columns of boxes in the memory are computed; the other index columns, and
+        slots a sample does not have, get the dtype's lowest value, so they take no probability.
+        Written in place: the LM head's output is not needed by its backward pass.
         """
-        b, t, _ = logits.shape
         lowest = torch.finfo(logits.dtype).min
-        columns = logits.new_full((b, t, len(object_token_ids)), lowest)
-        if slots is not None:
-            scores = self(hidden, slots).to(logits.dtype)
-            scores = scores.masked_fill(~mask[:, None, :], lowest)
-            columns = torch.cat([scores, columns[..., scores.shape[-1]:]], dim=-1)
         ids = _id_tables(tuple(object_token_ids), logits.device)[0]
-        return logits.index_copy(-1, ids, columns)
+        m = 0 if keys is None else min(keys.shape[1], len(ids))
+        if m < len(ids):
+            logits.index_fill_(-1, ids[m:], lowest)
+        if m:
+            scores = self.scores(hidden, keys[:, :m]).to(logits.dtype)
+            logits.index_copy_(-1, ids[:m], scores.masked_fill(~mask[:, None, :m], lowest))
+        return logits

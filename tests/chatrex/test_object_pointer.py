@@ -113,6 +113,16 @@ def test_generation_carries_the_memory_and_matches_uncached(tiny_tokenizer, rgb_
     assert torch.equal(out, ids)
 
 
+def test_generation_projects_the_slot_keys_once(tiny_tokenizer, rgb_image, monkeypatch):
+    model, proc = build(tiny_tokenizer, seed=3)
+    calls = []
+    project = model.object_pointer.project_keys
+    monkeypatch.setattr(model.object_pointer, "project_keys", lambda slots: calls.append(slots.shape) or project(slots))
+    batch = proc(images=[rgb_image], conversations=["find the red car"], boxes=[BOXES], add_generation_prompt=True, return_labels=False)
+    model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert calls == [(1, 3, model.config.text_config.hidden_size)]  # at prefill only, not at each of the 5 decoding steps
+
+
 def test_batched_generation_keeps_each_samples_boxes(tiny_tokenizer, rgb_image):
     model, proc = build(tiny_tokenizer, seed=3)
     with torch.no_grad():

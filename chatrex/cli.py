@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import warnings
 import os
 import sys
+import warnings
 
 DEFAULT_MODEL = "chatrex-tiny"
 
@@ -185,7 +185,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"{args.data} has no records.jsonl")
     try:
         table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image,
-                         proposal_min_score=args.proposal_min_score, device=getattr(args, "device", None) or "cpu")
+                         proposal_min_score=args.proposal_min_score)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
         raise UserError(f"{type(err).__name__}: {err}") from None
     print(table.format())

@@ -62,7 +62,7 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: 
             line_number += 1
             if not raw.strip():
                 continue
-            if not raw.endswith(b"\n") and _is_torn_tail(raw):
+            if _is_torn_tail(raw):
                 return  # only the last line can lack its newline
             row = _parse(raw, path, line_number)
             yield (line_number, row) if line_numbers else row
@@ -94,7 +94,7 @@ class JsonlRecords:
             with open(path, "rb") as f:
                 for raw in f:
                     line_number += 1
-                    if raw.strip() and not (not raw.endswith(b"\n") and _is_torn_tail(raw)):
+                    if raw.strip() and not _is_torn_tail(raw):
                         self._file_of.append(file_index)
                         self._offsets.append(offset)
                         self._lines.append(line_number)

@@ -88,8 +88,11 @@ class ChatRexPreTrainedModel(PreTrainedModel):
         transformers' behaviour."""
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-        if strict:
+        problems = info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")
+        if strict and problems:
             added = removed = set()
+            # Only now is it worth building the model twice on the meta device to tell keys a
+            # config override adds or removes from real damage; a clean load skips it.
             if kwargs and "config" not in kwargs:
                 _, unused = cls.config_class.from_pretrained(pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs)
                 overrides = {k: v for k, v in kwargs.items() if k not in unused}

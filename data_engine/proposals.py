@@ -43,12 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    predictor = UPNPredictor.from_pretrained(args.upn, device=args.device)
+    try:
+        predictor = UPNPredictor.from_pretrained(args.upn, device=args.device)
+    except ValueError as err:  # e.g. --device cuda on a machine without CUDA
+        parser.error(str(err))
     root = os.path.dirname(os.path.abspath(args.records))
     records = list(read_jsonl(args.records))
     if args.limit is not None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from chatrex.predictor import DTYPES
+
 from .logic import DemoLogic, Reply
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -159,8 +161,8 @@ def main(argv=None) -> int:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"model": args.model, "url": f"http://{args.host}:{args.port}"}), flush=True)
-    from chatrex.predictor import BUNDLED_DIR
+    from chatrex.predictor import BUNDLED_DIR, resolve_model_path
 
-    bundled = not os.path.isdir(args.model) and (BUNDLED_DIR / args.model).is_dir()
+    bundled = resolve_model_path(args.model).parent == BUNDLED_DIR  # the same rule that chose the weights
     build_app(logic, note=BUNDLED_NOTE if bundled else "").launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
     return 0

@@ -87,18 +87,29 @@ def _as_list(boxes) -> list:
     return [list(b) for b in boxes]
 
 
-def parse_answer(text: str, boxes=None) -> ParsedAnswer:
+ANSWER_RULES = ("chatrex", "official")
+
+
+def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> ParsedAnswer:
     """Split ``text`` into plain text and grounded spans.
 
     Args:
         text: raw model output (special tokens kept).
         boxes: the box list the prompt was built from, shape (K, 4), any format; span boxes are
             taken from it by index. ``None`` means no boxes, so every index is invalid.
+        rules: ``"chatrex"`` keeps every group. ``"official"`` reads answers as the released
+            models' code does: a group whose phrase was already grounded, or whose indices were
+            all used by earlier groups, gives no span (its phrase stays in the text).
 
     Returns:
-        :class:`ParsedAnswer`. Never raises for any ``text``.
+        :class:`ParsedAnswer`. Never raises for any ``text`` (an unknown ``rules`` is a
+        caller's error and raises ``ValueError``).
     """
+    if rules not in ANSWER_RULES:
+        raise ValueError(f"rules must be one of {ANSWER_RULES}, got {rules!r}")
     text = "" if text is None else str(text)
+    seen_phrases: set[str] = set()
+    used: set[int] = set()
     box_list = _as_list(boxes)
     out_parts: list[str] = []
     spans: list[GroundedSpan] = []
@@ -123,7 +134,11 @@ def parse_answer(text: str, boxes=None) -> ParsedAnswer:
                     indices.append(idx)
             else:
                 invalid += 1
-        spans.append(GroundedSpan(phrase, length, length + len(phrase), indices, [box_list[i] for i in indices]))
+        repeated = phrase in seen_phrases or (bool(indices) and used.issuperset(indices))
+        if rules == "chatrex" or not repeated:
+            spans.append(GroundedSpan(phrase, length, length + len(phrase), indices, [box_list[i] for i in indices]))
+        seen_phrases.add(phrase)
+        used.update(indices)
         out_parts.append(phrase)
         length += len(phrase)
         cursor = match.end()

@@ -38,15 +38,33 @@ def _text_argument(value: str, what: str) -> str:
     return value.strip()
 
 
+def _read_boxes(path: str | None):
+    """A JSON list of pixel xyxy boxes ``[[x1, y1, x2, y2], ...]`` (the official demos' format),
+    or ``{"boxes": [...]}``; ``None`` without ``--boxes``."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read boxes from {path}: {err}") from None
+    boxes = data.get("boxes") if isinstance(data, dict) else data
+    if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
+        raise UserError(f"{path}: expected a JSON list of [x1, y1, x2, y2] boxes in pixels")
+    return boxes
+
+
 def _image_and_predictor(args):
-    """Check the image, load the model, and encode the image once."""
+    """Check the image, load the model, and encode the image once (with the proposal network's
+    boxes, or those of ``--boxes``)."""
     from .predictor import ChatRexPredictor
 
     _check_device(args)
     image = _load_image(args.image)
+    boxes = _read_boxes(getattr(args, "boxes", None))
     try:
         predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn, device=args.device, torch_dtype=args.dtype)
-        predictor.set_image(image)
+        predictor.set_image(image, boxes=boxes)
     except (ValueError, RuntimeError, OSError) as err:
         # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
         # that miss a key (strict loading names it)
@@ -69,6 +87,11 @@ def _device_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
+
+
+def _boxes_argument(p) -> None:
+    p.add_argument("--boxes", metavar="FILE.json",
+                   help="candidate boxes instead of the proposal network's: a JSON list of [x1, y1, x2, y2] in pixels (at most 100)")
 
 
 def _one_line(err: Exception) -> str:
@@ -229,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("phrase", help="category, short phrase or referring expression")
     p.add_argument("--out", help="write the image with labelled boxes here")
     p.add_argument("--json", action="store_true", help='print {"phrase", "boxes", "answer"} as one JSON object')
+    _boxes_argument(p)
     _device_arguments(p)
     p.set_defaults(func=cmd_detect)
 
@@ -238,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--out", help="write the image with the answer's boxes here")
     p.add_argument("--json", action="store_true", help="print the answer, raw text and spans as JSON")
+    _boxes_argument(p)
     _device_arguments(p)
     p.set_defaults(func=cmd_ask)
 

@@ -1,6 +1,7 @@
 """``chatrex convert ...``: checkpoint converters, one sub-subcommand each.
 
-``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
+``chatrex convert official SRC_DIR OUT_DIR`` converts a released RexSeek-3B / ChatRex-7B
+folder (``chatrex.official.convert``); ``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
 ``upn_large.pth`` to a safetensors folder; ``--to-official`` goes back). To add a
 converter, append a ``Converter`` to ``CONVERTERS``: ``add_arguments(parser)`` declares
 its arguments (keep it import-light so ``chatrex --help`` stays fast) and ``runner``
@@ -33,6 +34,17 @@ def _compose_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights dtype of the whole model (default auto: the LLM's stored dtype)")
 
 
+def _official_arguments(p: argparse.ArgumentParser) -> None:
+    # The arguments of chatrex.official.convert.run (declared here: that module imports torch).
+    p.add_argument("src", help="folder in the released models' layout: config.json, model.safetensors (or shards + index), tokenizer files")
+    p.add_argument("dst", help="output folder (loads with --model, ChatRexPredictor.from_pretrained and train.chatrex)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype of the converted model (default auto: as stored)")
+    p.add_argument("--chat-template", default=None, metavar="NAME|FILE.jinja",
+                   help="chat format: chatml (RexSeek's; default for Qwen), xtuner_vicuna (default for Llama/Vicuna, "
+                        "i.e. ChatRex-7B, whose template is not published), vicuna_v1, or a .jinja file")
+
+
 @dataclass(frozen=True)
 class Converter:
     name: str
@@ -49,6 +61,9 @@ CONVERTERS = [
               _compose_arguments, "chatrex.convert_compose:run",
               "example: chatrex convert compose --clip clip-vit-large-patch14-336/ --convnext open_clip_model.safetensors "
               "--llm Qwen2.5-7B/ --out chatrex-7b-init/"),
+    Converter("official", "released RexSeek-3B / ChatRex-7B folder (official layout) -> ChatRex folder with the official numerics",
+              _official_arguments, "chatrex.official.convert:run",
+              "example: chatrex convert official RexSeek-3B/ rexseek-3b/ && chatrex detect photo.jpg \"the cup\" --model rexseek-3b/ --upn upn_large.pth"),
 ]
 
 

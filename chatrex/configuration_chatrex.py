@@ -21,6 +21,7 @@ from .special_tokens import MAX_OBJECTS
 from .token_compression import METHODS as COMPRESSION_METHODS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+BOX_EMBED_ORDERS = ("cxcywh", "cycxwh")
 
 
 class ChatRexConfig(PreTrainedConfig):
@@ -34,8 +35,15 @@ class ChatRexConfig(PreTrainedConfig):
         vision_low_feature_layer: which CLIP hidden state to use (-2 = penultimate layer).
         object_feature_levels: ConvNeXt stages (0-based) that the object encoder pools from.
         roi_output_size: ROI-align output side (7 -> 7x7 before mean pooling).
-        roi_sampling_ratio: ROI-align sampling points per bin side (``torchvision.ops.roi_align``).
+        roi_sampling_ratio: ROI-align sampling points per bin side (``torchvision.ops.roi_align``;
+            0 or -1: adaptive, ``ceil(box side / output side)``, the released models' setting).
+        roi_aligned: ``roi_align(aligned=...)``. True shifts box coordinates by half a pixel so
+            that they match ``F.interpolate(align_corners=False)``; the released models use False.
         pos_embed_temperature, pos_embed_scale: sine-cosine box position embedding parameters.
+        box_embed_order: order of the four coordinate embeddings, ``"cxcywh"`` or ``"cycxwh"``
+            (the released models concatenate y before x).
+        vision_high_no_grad: run the high-resolution tower without gradients (it stays frozen
+            in training, as in the released models, and saves its activations' memory).
         max_objects: the largest number of boxes a prompt may hold (``<obj0>``..``<obj99>``).
         projector_type: ``"mlp2x_gelu"`` (Linear, GELU, Linear) or ``"linear"``.
         token_compression: ``None`` (no compression), ``"avgpool2x2"``, ``"unshuffle_mlp"`` or
@@ -86,8 +94,11 @@ class ChatRexConfig(PreTrainedConfig):
     object_feature_levels: list[int] | tuple[int, ...] = (0, 1, 2, 3)
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
+    roi_aligned: bool = True
     pos_embed_temperature: float = 10000.0
     pos_embed_scale: float = 2 * math.pi
+    box_embed_order: str = "cxcywh"
+    vision_high_no_grad: bool = False
     max_objects: int = MAX_OBJECTS
     projector_type: str = "mlp2x_gelu"
     token_compression: str | None = None
@@ -180,8 +191,10 @@ class ChatRexConfig(PreTrainedConfig):
             )
         if self.roi_output_size < 1:
             raise ValueError(f"roi_output_size must be >= 1, got {self.roi_output_size}")
-        if self.roi_sampling_ratio < 0:
-            raise ValueError(f"roi_sampling_ratio must be >= 0, got {self.roi_sampling_ratio}")
+        if self.roi_sampling_ratio < -1:
+            raise ValueError(f"roi_sampling_ratio must be >= -1 (<= 0 means adaptive), got {self.roi_sampling_ratio}")
+        if self.box_embed_order not in BOX_EMBED_ORDERS:
+            raise ValueError(f"box_embed_order={self.box_embed_order!r} is not one of {BOX_EMBED_ORDERS}")
         if self.pos_embed_temperature <= 0:
             raise ValueError(f"pos_embed_temperature must be > 0, got {self.pos_embed_temperature}")
         if not 1 <= self.max_objects <= MAX_OBJECTS:

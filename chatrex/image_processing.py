@@ -5,8 +5,10 @@ Box conventions used throughout ChatRex:
 * user-facing boxes are **pixel xyxy in the original image**;
 * boxes the model sees are **normalised xyxy in [0, 1] relative to the padded square**.
 
-The square has side ``max(width, height)`` and the image sits in its top-left corner, so the
-forward map is ``b / side`` and its inverse is ``b * side`` (then clipped to the image).
+The square has side ``max(width, height)``. The image sits in its top-left corner
+(``pad_mode="top_left"``, this project's models) or in its centre (``"center"``, the released
+models), at offset ``(offset_x, offset_y)``; the forward map is ``(b + offset) / side`` and its
+inverse ``b * side - offset`` (then clipped to the image).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -137,12 +140,18 @@ def validate_boxes(boxes, width: int, height: int, max_objects: int) -> np.ndarr
     return clipped
 
 
+PAD_MODES = ("top_left", "center")
+
+
 @dataclass
 class ImageMeta:
-    """What is needed to map boxes back to original pixels."""
+    """What is needed to map boxes back to original pixels: the original size and where the
+    image sits in its padded square (see :meth:`ChatRexImageProcessor.image_meta`)."""
 
     width: int
     height: int
+    offset_x: int = 0
+    offset_y: int = 0
 
     @property
     def side(self) -> int:
@@ -158,7 +167,12 @@ class ChatRexImageProcessor:
         high_size: input side of the high-resolution (ConvNeXt) encoder, e.g. 768.
         image_mean, image_std: per-channel normalisation (CLIP statistics by default, which is
             what both CLIP encoders of the full-size model were trained with).
-        pad_value: RGB fill of the padding, the mean colour, as LLaVA does.
+        pad_value: RGB fill of the padding, the mean colour, as LLaVA does (default: the
+            mean rounded; the released models' code truncates it, ``(122, 116, 104)``).
+        pad_mode: ``"top_left"`` (the image in the square's top-left corner) or ``"center"``
+            (centred, as the released models were trained).
+        low_from_high: take the low-resolution input as a bilinear downsample of the normalised
+            high-resolution tensor (the released models) instead of resizing the image again.
     """
 
     low_size: int = 336
@@ -167,6 +181,8 @@ class ChatRexImageProcessor:
     image_std: tuple[float, float, float] = CLIP_STD
     max_objects: int = 100
     pad_value: tuple[int, int, int] = field(default=None)  # type: ignore[assignment]
+    pad_mode: str = "top_left"
+    low_from_high: bool = False
 
     def __post_init__(self):
         for name in ("low_size", "high_size", "max_objects"):
@@ -180,16 +196,28 @@ class ChatRexImageProcessor:
         if self.pad_value is None:
             self.pad_value = tuple(int(round(m * 255)) for m in self.image_mean)
         self.pad_value = tuple(int(x) for x in self.pad_value)
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        self.low_from_high = bool(self.low_from_high)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def image_meta(self, width: int, height: int) -> ImageMeta:
+        """Where an image of ``width`` x ``height`` sits in its padded square."""
+        side = max(width, height)
+        if self.pad_mode == "center":
+            # Integer offsets, as PIL pastes: (side - short) // 2 on the short axis.
+            return ImageMeta(width, height, (side - width) // 2, (side - height) // 2)
+        return ImageMeta(width, height)
 
     def pad_to_square(self, image: Image.Image) -> Image.Image:
         side = max(image.width, image.height)
         if image.width == image.height:
             return image
+        meta = self.image_meta(image.width, image.height)
         canvas = Image.new("RGB", (side, side), self.pad_value)
-        canvas.paste(image, (0, 0))
+        canvas.paste(image, (meta.offset_x, meta.offset_y))
         return canvas
 
     def _to_tensor(self, image: Image.Image, size: int) -> torch.Tensor:
@@ -203,16 +231,24 @@ class ChatRexImageProcessor:
         """Returns ``(low, high, meta)``: tensors (3, low_size, low_size) and (3, high_size, high_size)."""
         rgb = to_rgb_image(image)
         square = self.pad_to_square(rgb)
-        return self._to_tensor(square, self.low_size), self._to_tensor(square, self.high_size), ImageMeta(rgb.width, rgb.height)
+        high = self._to_tensor(square, self.high_size)
+        if self.low_from_high:
+            low = F.interpolate(high[None], size=(self.low_size, self.low_size), mode="bilinear", align_corners=False)[0]
+        else:
+            low = self._to_tensor(square, self.low_size)
+        return low, high, self.image_meta(rgb.width, rgb.height)
+
+    def _offsets(self, meta: ImageMeta) -> np.ndarray:
+        return np.array([meta.offset_x, meta.offset_y, meta.offset_x, meta.offset_y], dtype=np.float64)
 
     def normalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
         """Pixel xyxy in the original image (K, 4) -> normalised xyxy on the padded square (K, 4)."""
         clipped = validate_boxes(boxes, meta.width, meta.height, self.max_objects)
-        return torch.from_numpy(clipped / meta.side).float()
+        return torch.from_numpy((clipped + self._offsets(meta)) / meta.side).float()
 
     def denormalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
         """Normalised xyxy on the padded square (K, 4) -> pixel xyxy in the original image (K, 4)."""
-        b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4) * meta.side
+        b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4) * meta.side - torch.from_numpy(self._offsets(meta))
         b[:, [0, 2]] = b[:, [0, 2]].clamp(0, meta.width)
         b[:, [1, 3]] = b[:, [1, 3]].clamp(0, meta.height)
         return b.float()

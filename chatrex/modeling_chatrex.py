@@ -6,6 +6,7 @@ Layout follows transformers' LLaVA: :class:`ChatRexModel` is the base model with
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -132,6 +133,9 @@ class ChatRexModel(ChatRexPreTrainedModel):
             sampling_ratio=config.roi_sampling_ratio,
             temperature=config.pos_embed_temperature,
             scale=config.pos_embed_scale,
+            aligned=config.roi_aligned,
+            order=config.box_embed_order,
+            image_size=config.high_image_size,
         )
         self.mm_object_projector = build_projector(config.projector_type, config.object_feature_dim, hidden)
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
@@ -156,7 +160,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
         """
         low = self.vision_low(pixel_values_low.to(self.vision_low.dtype), output_hidden_states=True)
         low_tokens = low.hidden_states[self.config.vision_low_feature_layer][:, 1:]  # drop CLS
-        high = self.vision_high(pixel_values_high.to(self.vision_high.dtype), output_hidden_states=True)
+        with torch.no_grad() if self.config.vision_high_no_grad else contextlib.nullcontext():
+            high = self.vision_high(pixel_values_high.to(self.vision_high.dtype), output_hidden_states=True)
         stages = tuple(high.hidden_states[1:])  # hidden_states[0] is the stem output
         last = stages[-1]
         high_tokens = last.flatten(2).transpose(1, 2)  # (B, grid², C_last), row-major like CLIP patches
@@ -308,7 +313,12 @@ class ChatRexModel(ChatRexPreTrainedModel):
                 batch = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
                 memory = self.object_memory(input_ids, object_features, batch)
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            embed = self.get_input_embeddings()
+            # The released models keep their official vocabulary, so our <image>/<objfeat>
+            # placeholders get ids past the embedding table; their rows are overwritten anyway.
+            outside = [i for i in (self.config.image_token_id, self.config.objfeat_token_id) if i is not None and i >= embed.num_embeddings]
+            lookup_ids = input_ids.masked_fill(torch.isin(input_ids, input_ids.new_tensor(outside)), 0) if outside else input_ids
+            inputs_embeds = embed(lookup_ids)
             inputs_embeds = self.merge_embeddings(
                 input_ids,
                 inputs_embeds,

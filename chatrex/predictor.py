@@ -29,6 +29,7 @@ DESCRIBE_LEVELS = tuple(templates.REGION)
 # A sanity bound on one answer's length: the longest trained answers (grounded captions of
 # crowded scenes) are a few hundred tokens; more is a runaway loop or a typo.
 MAX_NEW_TOKENS = 2048
+DEFAULT_PROPOSALS = {"prompt_type": "both", "min_score": 0.1, "nms_iou": 0.6}
 
 
 class InputTooLongError(ValueError):
@@ -138,9 +139,11 @@ class ChatRexPredictor:
         model: a ChatRex model (eval mode is set here).
         processor: its processor.
         upn: a ``upn.UPNPredictor`` for proposals; without one, pass boxes to :meth:`set_image`.
-        proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``. The
-            defaults (0.1, 0.6) keep recall@100 of upn-tiny at 0.95 fine / 0.99 coarse with about
-            57 boxes per synthetic image (at 0.3 / 0.8: 0.84 / 0.93).
+        proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``. Unset, they
+            come from the processor's ``proposals`` settings, else (0.1, 0.6), which keep
+            recall@100 of upn-tiny at 0.95 fine / 0.99 coarse with about 57 boxes per synthetic
+            image (at 0.3 / 0.8: 0.84 / 0.93). The released models' protocol is the fine prompt,
+            score >= 0.3, NMS 0.8, the top 100 by score (set by ``chatrex convert official``).
         max_new_tokens: generation budget per answer, at most :data:`MAX_NEW_TOKENS`; an answer
             never runs past the model's context (``context_length``).
         cache_size: how many encoded images to keep; ``set_image`` on an image seen recently
@@ -149,15 +152,17 @@ class ChatRexPredictor:
     """
 
     def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
-                 proposal_min_score: float = 0.1, proposal_nms_iou: float = 0.6, max_new_tokens: int = 256, cache_size: int = 4):
+                 proposal_min_score: float | None = None, proposal_nms_iou: float | None = None, max_new_tokens: int = 256, cache_size: int = 4):
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.upn = upn
-        self.proposal_min_score = proposal_min_score
-        self.proposal_nms_iou = proposal_nms_iou
+        settings = {**DEFAULT_PROPOSALS, **(processor.proposals or {})}
+        self.proposal_prompt_type = settings["prompt_type"]
+        self.proposal_min_score = float(settings["min_score"] if proposal_min_score is None else proposal_min_score)
+        self.proposal_nms_iou = float(settings["nms_iou"] if proposal_nms_iou is None else proposal_nms_iou)
         self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
         self.cache_size = cache_size
         self._cache: _Cache | None = None
@@ -172,13 +177,22 @@ class ChatRexPredictor:
         ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``torch_dtype``: float32, bfloat16 or
         float16 (default: float32 on a CPU, bfloat16 on a GPU). The weights are read straight
         into that dtype on that device (one copy in memory). ROI features stay float32 up to
-        the object projector whatever the dtype, as in the official code."""
+        the object projector whatever the dtype, as in the official code.
+
+        A folder in the released models' own layout (RexSeek-3B, ChatRex-7B) is recognised and
+        converted in memory (:mod:`chatrex.official.convert`); ``chatrex convert official``
+        writes the converted folder once instead."""
         device, dtype = resolve_device_dtype(device, torch_dtype)
         path = resolve_model_path(name_or_path)
-        # Bundled weights are stored in fp16 to keep the repository small; CPUs want fp32.
-        # device_map places each tensor on the GPU as it is read instead of loading on the CPU first.
-        model = ChatRexForConditionalGeneration.from_pretrained(path, dtype=dtype, **({"device_map": str(device)} if device.type != "cpu" else {}))
-        processor = ChatRexProcessor.from_pretrained(path)
+        from .official.convert import is_official_folder, load_official
+
+        if is_official_folder(path):
+            model, processor = load_official(path, dtype=dtype, device=device)
+        else:
+            # Bundled weights are stored in fp16 to keep the repository small; CPUs want fp32.
+            # device_map places each tensor on the GPU as it is read instead of loading on the CPU first.
+            model = ChatRexForConditionalGeneration.from_pretrained(path, dtype=dtype, **({"device_map": str(device)} if device.type != "cpu" else {}))
+            processor = ChatRexProcessor.from_pretrained(path)
         upn_path = Path(upn) if upn is not None else path / UPN_SUBDIR
         upn_predictor = None
         if upn is not None or (upn_path / "config.json").is_file():
@@ -199,8 +213,8 @@ class ChatRexPredictor:
             self._recent.move_to_end(key)
             self._cache = self._recent[key]
             return len(self._cache.boxes)
-        meta = ImageMeta(rgb.width, rgb.height)
         ip = self.processor.image_processor
+        meta = ip.image_meta(rgb.width, rgb.height)
         if boxes is None:
             props = self.propose(rgb)
             pixel_boxes, scores, granularity = props.boxes.float(), props.scores.float(), list(props.granularity)
@@ -229,9 +243,9 @@ class ChatRexPredictor:
             digest.update(b"boxes" + repr(arr.shape).encode() + arr.tobytes())
         return digest.hexdigest()
 
-    def propose(self, image, prompt_type: str = "both", min_score: float | None = None):
-        """UPN proposals with this predictor's settings (score threshold, NMS, at most
-        ``max_objects``): at ``prompt_type="both"`` exactly the box list ``set_image`` builds.
+    def propose(self, image, prompt_type: str | None = None, min_score: float | None = None):
+        """UPN proposals with this predictor's settings (prompt, score threshold, NMS, the top
+        ``max_objects`` by score): by default exactly the box list ``set_image`` builds.
 
         Returns ``upn.Proposals`` (pixel xyxy boxes, scores, granularity), sorted by score.
         """
@@ -239,7 +253,7 @@ class ChatRexPredictor:
             raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
         return self.upn.predict(
             to_rgb_image(image),
-            prompt_type=prompt_type,
+            prompt_type=self.proposal_prompt_type if prompt_type is None else prompt_type,
             min_score=self.proposal_min_score if min_score is None else float(min_score),
             nms_iou=self.proposal_nms_iou,
             max_boxes=self.processor.image_processor.max_objects,
@@ -292,16 +306,32 @@ class ChatRexPredictor:
             )
         return self.processor.decode(out[0, input_ids.shape[1]:])
 
-    def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
+    @property
+    def prompts(self) -> templates.PromptSet:
+        """The task prompts and answer rules of this model's family."""
+        return self.processor.prompts
+
+    def _parse(self, raw: str, boxes) -> ParsedAnswer:
+        return parse_answer(raw, boxes, rules=self.prompts.answer_rules)
+
+    def ask(self, question: str, max_new_tokens: int | None = None, grounded: bool = False) -> Answer:
         """Free-form question about the current image; grounded phrases come back with boxes.
+        ``grounded=True`` asks for a grounded answer in the words the model was trained with
+        (the released models' "Answer the question in grounded format."; our models ground
+        whenever they name an object).
 
         Raises :class:`InputTooLongError` (a ``ValueError``) when the question does not fit in
         the model's context."""
         if not question or not question.strip():
             raise ValueError("question is empty")
-        raw = self._generate(question.strip(), max_new_tokens=max_new_tokens)
-        parsed = parse_answer(raw, self._require().boxes.tolist())
+        question = (self.prompts.grounded_prefix if grounded else "") + question.strip()
+        raw = self._generate(question, max_new_tokens=max_new_tokens)
+        parsed = self._parse(raw, self._require().boxes.tolist())
         return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices)
+
+    def grounded_caption(self, max_new_tokens: int | None = 512) -> Answer:
+        """Describe the current image and ground every object the description names."""
+        return self.ask(self.prompts.grounded_caption, max_new_tokens=max_new_tokens)
 
     def detect(self, phrase: str, kind: str = "auto") -> Detection:
         """Boxes of every object matching ``phrase`` (a category, short phrase or referring
@@ -312,11 +342,11 @@ class ChatRexPredictor:
             raise ValueError("phrase is empty")
         if kind == "auto":
             kind = "category" if len(phrase.split()) == 1 else "referring" if phrase.lower().startswith("the ") else "phrase"
-        if kind not in templates.DETECTION:
-            raise ValueError(f"kind must be 'auto' or one of {sorted(templates.DETECTION)}, got {kind!r}")
-        raw = self._generate(templates.DETECTION[kind][0].format(phrase=phrase))
+        if kind not in self.prompts.detection:
+            raise ValueError(f"kind must be 'auto' or one of {sorted(self.prompts.detection)}, got {kind!r}")
+        raw = self._generate(self.prompts.detection[kind].format(phrase=phrase))
         cache = self._require()
-        parsed = parse_answer(raw, cache.boxes.tolist())
+        parsed = self._parse(raw, cache.boxes.tolist())
         indices = parsed.indices
         return Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw)
 
@@ -345,5 +375,5 @@ class ChatRexPredictor:
                     extra = self.model.get_object_features(cache.features.high_res_features, [normalized.to(self.device)])[0]
                 objects = [torch.cat([cache.object_features[0], extra])]
                 index, k = len(cache.boxes), len(cache.boxes) + 1
-        question = templates.REGION[level][0].format(obj=f"<obj{index}>")
-        return parse_answer(self._generate(question, objects, k), None).text.strip()
+        question = self.prompts.region[level].format(obj=f"<obj{index}>")
+        return self._parse(self._generate(question, objects, k), None).text.strip()

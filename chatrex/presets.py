@@ -31,6 +31,57 @@ def chatrex_7b() -> ChatRexConfig:
     )
 
 
+# The released models' numerics (official_chatrex.md A.6, A.3): set by ``chatrex convert
+# official`` and by the two presets below; our own presets keep the defaults.
+OFFICIAL_NUMERICS = dict(
+    vision_low_feature_layer=-2, projector_type="mlp2x_gelu", roi_output_size=7, roi_sampling_ratio=-1,
+    roi_aligned=False, box_embed_order="cycxwh", vision_high_no_grad=True,
+)
+
+
+def _released_vision() -> dict:
+    """OpenAI CLIP-L/14 at 336 px and LAION ConvNeXt-L at 768 px, as released."""
+    return dict(
+        vision_low_config=CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        ),
+        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768, layer_norm_eps=1e-6),
+    )
+
+
+def rexseek_3b() -> ChatRexConfig:
+    """The released RexSeek-3B: Qwen2.5-3B-Instruct with the 104 official tokens (vocabulary
+    151,665 + 104 = 151,769, tied embeddings) and the official numerics. The placeholders'
+    ids lie past the vocabulary (``chatrex.official.convert``)."""
+    return ChatRexConfig(
+        **_released_vision(),
+        text_config=Qwen2Config(
+            vocab_size=151769, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True,
+        ),
+        tie_word_embeddings=True,
+        **OFFICIAL_NUMERICS,
+    )
+
+
+def chatrex_7b_vicuna() -> ChatRexConfig:
+    """The released ChatRex-7B: Vicuna-7B v1.5 (Llama) with vocabulary 32,000 + 104 = 32,104,
+    untied head, and the official numerics (official_chatrex.md section 0.1)."""
+    return ChatRexConfig(
+        **_released_vision(),
+        text_config=LlamaConfig(
+            vocab_size=32104, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+            rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        ),
+        **OFFICIAL_NUMERICS,
+    )
+
+
 def _tiny_vision() -> dict:
     # 64 px / patch 8 = 8x8 grid; 256 px / stride 32 = 8x8 grid.
     return dict(
@@ -90,6 +141,8 @@ def chatrex_tiny() -> ChatRexConfig:
 PRESETS: dict[str, Callable[[], ChatRexConfig]] = {
     "chatrex-tiny": chatrex_tiny,
     "chatrex-7b": chatrex_7b,
+    "rexseek-3b": rexseek_3b,
+    "chatrex-7b-vicuna": chatrex_7b_vicuna,
     "chatrex-tiny-random": chatrex_tiny_random,
     "chatrex-tiny-random-llama": chatrex_tiny_random_llama,
 }

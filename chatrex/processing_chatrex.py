@@ -19,9 +19,11 @@ from transformers import AutoTokenizer, BatchFeature
 from .chat_template import CHATML_TEMPLATE, normalize_messages
 from .image_processing import ChatRexImageProcessor, ImageMeta, to_rgb_image
 from .special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
+from .templates import prompt_set
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100
+PROPOSAL_KEYS = {"prompt_type", "min_score", "nms_iou"}
 
 
 class ChatRexProcessor:
@@ -32,9 +34,15 @@ class ChatRexProcessor:
             special tokens are added to it if missing.
         image_processor: resizing/normalisation settings.
         num_image_tokens: visual tokens per image (grid², 576 for the full-size model).
+        prompt_style: the task prompts and answer rules of the model family
+            (:data:`chatrex.templates.PROMPT_SETS`): ``"chatrex"`` for this project's models,
+            ``"official"`` for the released ones.
+        proposals: UPN settings for this model's box lists (``prompt_type``, ``min_score``,
+            ``nms_iou``); ``None`` leaves the predictor's defaults.
     """
 
-    def __init__(self, tokenizer, image_processor: ChatRexImageProcessor, num_image_tokens: int):
+    def __init__(self, tokenizer, image_processor: ChatRexImageProcessor, num_image_tokens: int, prompt_style: str = "chatrex",
+                 proposals: dict | None = None):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"ChatRexProcessor needs a fast tokenizer, got {type(tokenizer).__name__}")
         if num_image_tokens <= 0:
@@ -42,6 +50,11 @@ class ChatRexProcessor:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.num_image_tokens = int(num_image_tokens)
+        self.prompts = prompt_set(prompt_style)
+        self.proposals = dict(proposals) if proposals else None
+        unknown = set(self.proposals or ()) - PROPOSAL_KEYS
+        if unknown:
+            raise ValueError(f"unknown proposal settings {sorted(unknown)}; known: {sorted(PROPOSAL_KEYS)}")
         self.token_ids = add_special_tokens(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = CHATML_TEMPLATE
@@ -62,6 +75,8 @@ class ChatRexProcessor:
             "processor_class": type(self).__name__,
             "num_image_tokens": self.num_image_tokens,
             "image_processor": self.image_processor.to_dict(),
+            "prompt_style": self.prompts.name,
+            "proposals": self.proposals,
         }
         tmp = os.path.join(save_directory, PROCESSOR_CONFIG_NAME + ".tmp")
         with open(tmp, "w") as f:
@@ -76,7 +91,8 @@ class ChatRexProcessor:
         with open(path) as f:
             payload = json.load(f)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        return cls(tokenizer, ChatRexImageProcessor(**payload["image_processor"]), payload["num_image_tokens"])
+        return cls(tokenizer, ChatRexImageProcessor(**payload["image_processor"]), payload["num_image_tokens"],
+                   prompt_style=payload.get("prompt_style", "chatrex"), proposals=payload.get("proposals"))
 
     # -- prompt pieces -------------------------------------------------------------------
     @staticmethod
@@ -224,11 +240,11 @@ class ChatRexProcessor:
     # -- outputs -------------------------------------------------------------------------
     def image_meta(self, image) -> ImageMeta:
         rgb = to_rgb_image(image)
-        return ImageMeta(rgb.width, rgb.height)
+        return self.image_processor.image_meta(rgb.width, rgb.height)
 
     def denormalize_boxes(self, boxes, image_size: tuple[int, int]) -> torch.Tensor:
         """Normalised xyxy (K, 4) -> pixel xyxy in an original image of ``(width, height)``."""
-        return self.image_processor.denormalize_boxes(boxes, ImageMeta(*image_size))
+        return self.image_processor.denormalize_boxes(boxes, self.image_processor.image_meta(*image_size))
 
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
         """Decode generated ids keeping ChatRex markup (unless ``skip_special_tokens``); chat

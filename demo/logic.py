@@ -159,7 +159,7 @@ class DemoLogic:
         return Reply(text or "(no answer)", [(text or "(no answer)", label)], {label: hex_color(0)}, draw_boxes(rgb, [box], [label], [PALETTE[0]]), notice)
 
     def grounded_caption(self, image) -> Reply:
-        return self.ask(image, templates.GROUNDED_CAPTION[0])  # the wording the model was trained with
+        return self.ask(image, self.predictor.prompts.grounded_caption)  # the wording the model was trained with
 
     @_friendly
     def proposals(self, image, granularity: str = "both", min_score: float | None = None) -> tuple[Image.Image | None, str]:

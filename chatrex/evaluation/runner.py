@@ -146,13 +146,12 @@ def _grounded_caption(predictor, records, per_image) -> dict:
     """Ask for a grounded caption; every box the answer grounds is matched one-to-one (IoU >= 0.5)
     against the image's whole objects (coarse regions). Recall: whole objects grounded;
     precision: grounded boxes that are a whole object. Micro-averaged over images."""
-    from chatrex import templates
 
     matched = predicted = wholes = 0
     for rec in records:
         gt = [r["box"] for r in rec.get("regions", []) if r.get("granularity", "coarse") == "coarse"]
         predictor.set_image(_image(rec["image"]))
-        answer = predictor.ask(templates.GROUNDED_CAPTION[0], max_new_tokens=512)  # a caption names every object
+        answer = predictor.grounded_caption(max_new_tokens=512)  # a caption names every object
         boxes = list({tuple(b) for s in answer.spans for b in s.boxes})  # a box named twice counts once
         matched += greedy_match(sorted(boxes), gt)
         predicted += len(boxes)

@@ -1,0 +1,327 @@
+"""The released checkpoints' layout -> this project's model, processor and settings.
+
+    chatrex convert official RexSeek-3B/ rexseek-3b-converted/
+
+A folder in the official layout (RexSeek-3B; ChatRex-7B, whose remote code names its modules
+the same way; official_chatrex.md A.10) holds a ``config.json`` that is the LLM's config plus
+``mm_*`` fields, the weights (``model.safetensors``, or shards with an index, or ``.bin`` read
+with ``weights_only=True``) and the tokenizer with the 104 added tokens. Its key layout:
+
+========================================  ==============================================
+official key                              ours
+========================================  ==============================================
+``model.*`` (the LLM body)                ``model.language_model.*``
+``lm_head.weight`` (absent when tied)     ``lm_head.weight``
+``vision_tower.vision_tower.vision_model.*``  ``model.vision_low.*`` (``CLIPVisionModel``)
+``vision_tower_aux.vision_stem|stages.*`` ``model.vision_high.*`` (timm names with
+                                          ``ramma`` for ``gamma``; :mod:`chatrex.convnext_timm`)
+``mm_projector.{0,2}.*``                  ``model.mm_projector.{0,2}.*``
+``mm_object_projector.{0,2}.*``           ``model.mm_object_projector.{0,2}.*``
+========================================  ==============================================
+
+LLaVA-style checkpoints keep the vision modules under ``model.``; those prefixes are accepted
+too, since ChatRex-7B's own modeling file is not available to settle it.
+
+Sizes the official config does not state come from the weights: the CLIP tower's depth,
+width, patch and input size, the ConvNeXt's depths and widths, the LLM family (Qwen2 has
+attention biases, Llama does not). The converted config carries the official numerics
+(``roi_aligned=False``, adaptive ROI sampling, the (cy, cx, w, h) box embedding, the ConvNeXt
+run without gradients) and the processor the official preprocessing (centre padding with the
+truncated CLIP mean colour, the 336-px input taken from the normalised 768-px tensor), task
+prompts, answer rules and proposal protocol (fine prompt, score >= 0.3, NMS 0.8, top 100).
+
+The 104 official tokens keep their ids (from 32000 for Vicuna, from 151665 for Qwen2.5) and the
+vocabulary stays the official one: our ``<objfeat>`` and ``<image>`` placeholders are added to
+the tokenizer after them, with ids past the embedding table (the model overwrites those
+positions and never reads their rows).
+
+Unknown keys, missing keys and wrong shapes are a ``ValueError`` that lists them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+from transformers.utils import logging as hf_logging
+
+from ..chat_template import resolve_chat_template
+from ..configuration_chatrex import ChatRexConfig
+from ..convnext_timm import hf_to_timm
+from ..convert_compose import DTYPES, _check_complete, high_resolution_size, map_clip_vision, map_convnext, read_checkpoint, read_folder_weights
+from ..image_processing import ChatRexImageProcessor
+from ..modeling_chatrex import ChatRexForConditionalGeneration
+from ..presets import OFFICIAL_NUMERICS
+from ..processing_chatrex import ChatRexProcessor
+from ..special_tokens import add_special_tokens
+from .synthetic import OFFICIAL_ADDED_TOKENS
+
+# Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc).
+CLIP_KEY = re.compile(r"(?:model\.)?vision_tower\.vision_tower\.(.+)")
+CONVNEXT_KEY = re.compile(r"(?:model\.)?vision_tower_aux\.vision_(stem|stages)\.(.+)")
+PROJECTOR_KEY = re.compile(r"(?:model\.)?(mm_projector|mm_object_projector)\.(\d+\.(?:weight|bias))")
+LLM_KEY = re.compile(r"model\.(.+)")
+HEAD_KEY = "lm_head.weight"
+
+# config.json fields that describe the vision side or training, not the LLM.
+NON_LLM_FIELDS = {
+    "architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
+    "object_hidden_size", "image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side",
+    "vis_during_training_prob", "freeze_mm_mlp_adapter", "tune_mm_mlp_adapter", "use_cache",
+}
+OFFICIAL_PAD_VALUE = (122, 116, 104)  # int(255 * CLIP mean), truncated as the official code does
+OFFICIAL_PROPOSALS = {"prompt_type": "fine", "min_score": 0.3, "nms_iou": 0.8}
+DEFAULT_TEMPLATES = {"qwen2": "chatml", "llama": "xtuner_vicuna"}
+
+
+def _read_config(path: str | os.PathLike) -> dict:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from None
+
+
+def is_official_folder(path: str | os.PathLike) -> bool:
+    """True for a folder in the released models' layout: its config has the official
+    ``mm_*`` fields and none of ours (``vision_low_config``)."""
+    config = _read_config(path)
+    return "vision_low_config" not in config and any(k in config for k in ("mm_vision_tower", "mm_hidden_size", "mm_projector_type"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return read_folder_weights(path)
+    except ValueError:
+        singles = sorted(path.glob("*.safetensors"))
+        if len(singles) == 1:
+            return read_checkpoint(singles[0])
+        raise
+
+
+def split_state(state: dict) -> dict[str, dict]:
+    """Official tensors by part: ``clip``, ``convnext`` (timm names), ``projectors`` (ours),
+    ``llm`` (names inside the LLM body) and ``lm_head``. Raises ``ValueError`` listing keys
+    that belong to no part."""
+    parts: dict[str, dict] = {"clip": {}, "convnext": {}, "projectors": {}, "llm": {}, "lm_head": {}}
+    unknown = []
+    for key, value in state.items():
+        if m := CLIP_KEY.fullmatch(key):
+            parts["clip"][m.group(1)] = value
+        elif m := CONVNEXT_KEY.fullmatch(key):
+            rest = re.sub(r"\.ramma$", ".gamma", m.group(2))  # the official layer-scale name
+            parts["convnext"][f"{m.group(1)}.{rest}"] = value
+        elif m := PROJECTOR_KEY.fullmatch(key):
+            parts["projectors"][f"model.{m.group(1)}.{m.group(2)}"] = value
+        elif key == HEAD_KEY:
+            parts["lm_head"][key] = value
+        elif m := LLM_KEY.fullmatch(key):
+            parts["llm"][m.group(1)] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"official checkpoint: {len(unknown)} unknown key(s): {', '.join(sorted(unknown)[:20])}")
+    for part in ("clip", "convnext", "projectors", "llm"):
+        if not parts[part]:
+            raise ValueError(f"official checkpoint: no {part} weights found (expected keys like {_EXAMPLES[part]})")
+    return parts
+
+
+_EXAMPLES = {
+    "clip": "vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight",
+    "convnext": "vision_tower_aux.vision_stem.0.weight",
+    "projectors": "mm_projector.0.weight",
+    "llm": "model.embed_tokens.weight",
+}
+
+
+def clip_config_from_weights(clip: dict, hub_id: str | None) -> CLIPVisionConfig:
+    """The CLIP vision config implied by the tensors (depth, width, MLP, patch, input size).
+    Both released models use OpenAI CLIP-L/14-336 (quick-GELU, heads of 64 channels)."""
+    try:
+        patch = clip["vision_model.embeddings.patch_embedding.weight"]
+        positions = int(clip["vision_model.embeddings.position_embedding.weight"].shape[0])
+        fc1 = clip["vision_model.encoder.layers.0.mlp.fc1.weight"]
+    except KeyError as err:
+        raise ValueError(f"official checkpoint: CLIP tower lacks vision_tower.vision_tower.{err.args[0]}") from None
+    layers = {int(m.group(1)) for k in clip if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))}
+    grid = round((positions - 1) ** 0.5)
+    if grid * grid != positions - 1:
+        raise ValueError(f"official checkpoint: CLIP position embedding has {positions} rows, not 1 + a square grid")
+    hidden = int(patch.shape[0])
+    return CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=int(fc1.shape[0]), num_hidden_layers=len(layers), num_attention_heads=hidden // 64,
+        patch_size=int(patch.shape[-1]), image_size=grid * int(patch.shape[-1]), hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        projection_dim=768, **({"_name_or_path": hub_id} if hub_id else {}),
+    )
+
+
+def text_config_from_official(official: dict, llm: dict):
+    """The LLM's config: the official config.json without the vision fields, as Qwen2 (the
+    attention projections have biases) or Llama (they do not; Vicuna)."""
+    family = "qwen2" if any(k.endswith("self_attn.q_proj.bias") for k in llm) else "llama"
+    fields = {k: v for k, v in official.items() if k not in NON_LLM_FIELDS and not k.startswith("mm_")}
+    config = AutoConfig.for_model(family, **fields)
+    rows = int(llm["embed_tokens.weight"].shape[0])
+    if int(config.vocab_size) != rows:
+        raise ValueError(f"official config says vocab_size {config.vocab_size} but model.embed_tokens.weight has {rows} rows")
+    return config
+
+
+def official_config(official: dict, parts: dict) -> ChatRexConfig:
+    """Our config for an official checkpoint, with the official numerics."""
+    low = clip_config_from_weights(parts["clip"], official.get("mm_vision_tower"))
+    text = text_config_from_official(official, parts["llm"])
+    with torch.device("meta"):
+        high_config, _, _ = map_convnext({k: torch.empty(v.shape, device="meta") for k, v in parts["convnext"].items()})
+    high_config.image_size = high_resolution_size(low, high_config)
+    tied = bool(official.get("tie_word_embeddings", False)) or not parts["lm_head"]
+    text.tie_word_embeddings = tied
+    return ChatRexConfig(
+        vision_low_config=low,
+        vision_high_config=high_config,
+        text_config=text,
+        tie_word_embeddings=tied,
+        **{**OFFICIAL_NUMERICS, "vision_low_feature_layer": int(official.get("mm_vision_select_layer", -2))},
+    )
+
+
+def map_state(parts: dict, config: ChatRexConfig) -> dict[str, torch.Tensor]:
+    """Our state dict from the official parts; raises ``ValueError`` listing missing, extra or
+    mis-shaped keys against the model ``config`` builds."""
+    clip, _ = map_clip_vision(parts["clip"], config.vision_low_config)
+    _, convnext, _ = map_convnext(parts["convnext"])
+    state = {f"model.vision_low.{k}": v for k, v in clip.items()}
+    state.update({f"model.vision_high.{k}": v for k, v in convnext.items()})
+    state.update(parts["projectors"])
+    state.update({f"model.language_model.{k}": v for k, v in parts["llm"].items()})
+    state.update(parts["lm_head"])
+    with torch.device("meta"):
+        expected = ChatRexForConditionalGeneration(config).state_dict()
+    if config.tie_word_embeddings:
+        expected.pop(HEAD_KEY, None)
+        state.pop(HEAD_KEY, None)
+    _check_complete("official checkpoint", state, expected, [])
+    return state
+
+
+def to_official_state(state: dict) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`map_state`: our state dict -> official key names (RexSeek's
+    nesting). Used to write official-layout folders of small random models for tests."""
+    out: dict[str, torch.Tensor] = {}
+    high = {}
+    for key, value in state.items():
+        if key.startswith("model.vision_low."):
+            out["vision_tower.vision_tower.vision_model." + key[len("model.vision_low."):]] = value
+        elif key.startswith("model.vision_high."):
+            if not key.startswith("model.vision_high.layernorm."):  # the official tower has no head norm
+                high[key[len("model.vision_high."):]] = value
+        elif key.startswith(("model.mm_projector.", "model.mm_object_projector.")):
+            out[key[len("model."):]] = value
+        elif key.startswith("model.language_model."):
+            out["model." + key[len("model.language_model."):]] = value
+        elif key == HEAD_KEY:
+            out[key] = value
+        else:
+            raise ValueError(f"{key} has no place in the official layout")
+    for key, value in hf_to_timm(high).items():
+        key = re.sub(r"\.gamma$", ".ramma", key)
+        out["vision_tower_aux.vision_" + key] = value
+    return out
+
+
+def official_tokenizer(path: str | os.PathLike, vocab_size: int, chat_template: str):
+    """The folder's tokenizer with the official 104 tokens at their official ids, then our two
+    placeholders after them. Raises ``ValueError`` when the official tokens are out of order or
+    do not fit the vocabulary."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers warns that config.json's model_type is not one it knows
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in OFFICIAL_ADDED_TOKENS if t not in vocab]
+    if missing:
+        # The official loader adds them the same way when a tokenizer lacks them.
+        tokenizer.add_tokens(missing, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(OFFICIAL_ADDED_TOKENS)
+    first = ids[0]
+    if ids != list(range(first, first + len(ids))) or ids[-1] >= vocab_size:
+        raise ValueError(f"{path}: the official tokens must have consecutive ids below the vocabulary size {vocab_size}; "
+                         f"<obj0>={ids[0]}, </objects>={ids[-1]}")
+    add_special_tokens(tokenizer)  # <objfeat>, <image>: past the official ids
+    tokenizer.chat_template = resolve_chat_template(chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_official(path: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                  chat_template: str | None = None) -> tuple[ChatRexForConditionalGeneration, ChatRexProcessor]:
+    """Convert an official folder in memory: ``(model, processor)``, the model in eval mode on
+    ``device`` in ``dtype`` (default: the stored dtype). ``chat_template``: a name from
+    :data:`chatrex.chat_template.CHAT_TEMPLATES` or a ``.jinja`` file; default ChatML for
+    Qwen (RexSeek's format) and ``xtuner_vicuna`` for Llama/Vicuna (docs/released_weights.md)."""
+    path = Path(path)
+    official = _read_config(path)
+    if not official:
+        raise ValueError(f"{path} has no config.json")
+    parts = split_state(_weights(path))
+    config = official_config(official, parts)
+    state = map_state(parts, config)
+    family = config.text_config.model_type
+    tokenizer = official_tokenizer(path, int(config.text_config.vocab_size), chat_template or DEFAULT_TEMPLATES.get(family, "chatml"))
+    ids = tokenizer.convert_tokens_to_ids
+    config.image_token_id, config.objfeat_token_id = ids("<image>"), ids("<objfeat>")
+    config.object_token_ids = ids(OFFICIAL_ADDED_TOKENS[:100])
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    stored = next(iter(state.values())).dtype
+    model = ChatRexForConditionalGeneration.from_pretrained(None, config=config, state_dict=state, dtype=dtype or stored)
+    model.to(torch.device(device)).eval()
+    image_processor = ChatRexImageProcessor(
+        low_size=config.low_image_size, high_size=config.high_image_size, max_objects=config.max_objects,
+        pad_value=OFFICIAL_PAD_VALUE, pad_mode="center", low_from_high=True,
+    )
+    processor = ChatRexProcessor(tokenizer, image_processor, config.num_image_tokens, prompt_style="official", proposals=OFFICIAL_PROPOSALS)
+    return model, processor
+
+
+def convert_official(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto", chat_template: str | None = None) -> dict:
+    """Convert the official folder ``src`` into a folder at ``out`` that every loader of this
+    project reads (``ChatRexPredictor``, ``chatrex detect --model``, ``train.chatrex``).
+    Returns a summary dict (also written to ``out/convert_info.json``)."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    model, processor = load_official(src, dtype=None if dtype == "auto" else dtype, chat_template=chat_template)
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    cfg = model.config
+    info = {
+        "source": str(src),
+        "llm": cfg.text_config.model_type,
+        "vocab_size": int(cfg.text_config.vocab_size),
+        "obj0_id": cfg.object_token_ids[0],
+        "clip_layers": int(cfg.vision_low_config.num_hidden_layers),
+        "convnext_depths": list(cfg.vision_high_config.depths),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "chat_template": chat_template or DEFAULT_TEMPLATES.get(cfg.text_config.model_type, "chatml"),
+    }
+    Path(out, "convert_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    """``chatrex convert official`` (arguments: ``chatrex.cli_convert._official_arguments``)."""
+    info = convert_official(args.src, args.dst, dtype=args.dtype, chat_template=args.chat_template)
+    print(f"wrote {args.dst}: {info['llm']} LLM, vocab {info['vocab_size']} (<obj0> = {info['obj0_id']}), CLIP {info['clip_layers']} layers, "
+          f"ConvNeXt depths {info['convnext_depths']}, {info['dtype']}, chat template {info['chat_template']}")
+    return 0

@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,6 +168,13 @@ def text_config_from_official(official: dict, llm: dict):
     attention projections have biases) or Llama (they do not; Vicuna)."""
     family = "qwen2" if any(k.endswith("self_attn.q_proj.bias") for k in llm) else "llama"
     fields = {k: v for k, v in official.items() if k not in NON_LLM_FIELDS and not k.startswith("mm_")}
+    # transformers 4.x wrote rope_theta / rope_scaling; 5.x reads one rope_parameters dict.
+    theta, scaling = fields.pop("rope_theta", None), fields.pop("rope_scaling", None)
+    if theta is not None or scaling:
+        params = dict(scaling or {"rope_type": "default"})
+        if "type" in params and "rope_type" not in params:
+            params["rope_type"] = params.pop("type")
+        fields["rope_parameters"] = {**params, **({"rope_theta": theta} if theta is not None else {})}
     config = AutoConfig.for_model(family, **fields)
     rows = int(llm["embed_tokens.weight"].shape[0])
     if int(config.vocab_size) != rows:
@@ -240,10 +248,14 @@ def official_tokenizer(path: str | os.PathLike, vocab_size: int, chat_template: 
     """The folder's tokenizer with the official 104 tokens at their official ids, then our two
     placeholders after them. Raises ``ValueError`` when the official tokens are out of order or
     do not fit the vocabulary."""
+    # AutoTokenizer also reads config.json, whose model_type (rexseek_qwen) and 4.x rope fields
+    # it warns about; they concern the model, which text_config_from_official reads itself.
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # transformers warns that config.json's model_type is not one it knows
+    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     finally:
         hf_logging.set_verbosity(verbosity)
     vocab = tokenizer.get_vocab()

@@ -85,7 +85,7 @@ def test_grounded_caption_scores_whole_objects_hand_computed(tmp_path, monkeypat
         def set_image(self, image):
             pass
 
-        def ask(self, question, max_new_tokens=None):
+        def grounded_caption(self, max_new_tokens=None):
             assert max_new_tokens >= 256  # a caption that names every object must not be cut short
             return SimpleNamespace(spans=next(answers))
 

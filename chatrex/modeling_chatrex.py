@@ -26,7 +26,7 @@ from .special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special
 from .token_compression import build_token_compression
 
 # Inputs only the prefill step consumes; later decoding steps read them from the KV cache.
-VISUAL_INPUT_KEYS = ("pixel_values_low", "pixel_values_high", "boxes", "image_features", "object_features")
+VISUAL_INPUT_KEYS = ("pixel_values_low", "pixel_values_high", "boxes", "image_features", "object_features", "vision_features", "object_pooled")
 
 
 @dataclass
@@ -148,15 +148,16 @@ class ChatRexModel(ChatRexPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     # -- encoders ------------------------------------------------------------------------
-    def get_image_features(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> ChatRexImageFeatures:
-        """Encode images once.
+    def encode_image(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Both towers, before any projector.
 
         Args:
             pixel_values_low: (B, 3, S_low, S_low) normalised, e.g. S_low = 336.
             pixel_values_high: (B, 3, S_high, S_high) normalised, e.g. S_high = 768.
 
         Returns:
-            :class:`ChatRexImageFeatures` with ``image_embeds`` (B, N, H), N = ``config.num_image_tokens``.
+            ``(fused, stages)``: fused (B, grid², C_low + C_last) CLIP and last-stage ConvNeXt
+            tokens, and the ConvNeXt stage outputs, each (B, C_l, H_l, W_l).
         """
         low = self.vision_low(pixel_values_low.to(self.vision_low.dtype), output_hidden_states=True)
         low_tokens = low.hidden_states[self.config.vision_low_feature_layer][:, 1:]  # drop CLS
@@ -170,11 +171,22 @@ class ChatRexModel(ChatRexPreTrainedModel):
                 f"low-res encoder gave {low_tokens.shape[1]} tokens but high-res gave {high_tokens.shape[1]}; "
                 f"check the input sizes {tuple(pixel_values_low.shape[-2:])} and {tuple(pixel_values_high.shape[-2:])}"
             )
-        fused = torch.cat((low_tokens, high_tokens.to(low_tokens.dtype)), dim=-1)
+        return torch.cat((low_tokens, high_tokens.to(low_tokens.dtype)), dim=-1), stages
+
+    def project_image(self, fused: torch.Tensor) -> torch.Tensor:
+        """(B, grid², C_low + C_last) fused tokens -> (B, N, H) visual tokens for the LLM."""
         if self.token_compression is not None:
             fused = self.token_compression(fused.to(self.mm_projector_dtype))
-        embeds = self.mm_projector(fused.to(self.mm_projector_dtype))
-        return ChatRexImageFeatures(image_embeds=embeds, high_res_features=stages)
+        return self.mm_projector(fused.to(self.mm_projector_dtype))
+
+    def get_image_features(self, pixel_values_low: torch.Tensor, pixel_values_high: torch.Tensor) -> ChatRexImageFeatures:
+        """Encode images once: :meth:`encode_image` then :meth:`project_image`.
+
+        Returns:
+            :class:`ChatRexImageFeatures` with ``image_embeds`` (B, N, H), N = ``config.num_image_tokens``.
+        """
+        fused, stages = self.encode_image(pixel_values_low, pixel_values_high)
+        return ChatRexImageFeatures(image_embeds=self.project_image(fused), high_res_features=stages)
 
     @property
     def mm_projector_dtype(self) -> torch.dtype:
@@ -196,7 +208,12 @@ class ChatRexModel(ChatRexPreTrainedModel):
         # float32 up to the projector, as the official code: bf16 ROI-align and sine embeddings
         # of small normalised boxes lose the precision that tells neighbouring boxes apart.
         pooled = self.object_encoder([f.float() for f in high_res_features], [b.to(high_res_features[0].device) for b in boxes])
-        projected = self.mm_object_projector(torch.cat(pooled).to(self.mm_projector_dtype))
+        return self.project_objects(pooled)
+
+    def project_objects(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
+        """B tensors (K_i, C_obj) of pooled box features (position embedding included) -> B
+        tensors (K_i, H) in the LLM's hidden size."""
+        projected = self.mm_object_projector(torch.cat(list(pooled)).to(self.mm_projector_dtype))
         return list(projected.split([len(p) for p in pooled]))
 
     # -- embedding merge -----------------------------------------------------------------
@@ -280,6 +297,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
         object_features: list[torch.Tensor] | None = None,
         object_memory: torch.Tensor | None = None,
         object_memory_mask: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        object_pooled: list[torch.Tensor] | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> ChatRexModelOutputWithPast:
@@ -291,10 +310,21 @@ class ChatRexModel(ChatRexPreTrainedModel):
             image_features, object_features: precomputed alternatives to pixels and boxes.
             object_memory, object_memory_mask: (B, M, H) and (B, M), the padded box features of
                 an earlier step (``generate`` passes them to decoding steps).
+            vision_features, object_pooled: encoder outputs before the projectors, (B_img, grid²,
+                C_low + C_last) and B_img tensors (K_i, C_obj), e.g. from the training feature
+                cache (``train.feature_cache``); only the projectors and the LLM then run.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         prefill = cache is None or cache.get_seq_length() == 0
+        if vision_features is not None:
+            if pixel_values_low is not None or image_features is not None:
+                raise ValueError("pass one of vision_features, pixel values and image_features")
+            image_features = ChatRexImageFeatures(image_embeds=self.project_image(vision_features))
+        if object_pooled is not None:
+            if boxes is not None or object_features is not None:
+                raise ValueError("pass one of object_pooled, boxes and object_features")
+            object_features = self.project_objects(object_pooled)
         if pixel_values_low is not None or pixel_values_high is not None:
             if pixel_values_low is None or pixel_values_high is None:
                 raise ValueError("pass both pixel_values_low and pixel_values_high, or neither")
@@ -405,6 +435,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         object_memory: torch.Tensor | None = None,
         object_memory_mask: torch.Tensor | None = None,
         object_keys: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        object_pooled: list[torch.Tensor] | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -427,6 +459,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             object_features=object_features,
             object_memory=object_memory,
             object_memory_mask=object_memory_mask,
+            vision_features=vision_features,
+            object_pooled=object_pooled,
             use_cache=use_cache,
             **kwargs,
         )

@@ -215,27 +215,32 @@ class ChatRexProcessor:
             all_ids.append(ids)
             all_labels.append(labels)
 
-        side = padding_side or ("left" if add_generation_prompt else "right")
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-        width = max(len(x) for x in all_ids)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        data = self.pad(all_ids, all_labels, padding_side or ("left" if add_generation_prompt else "right"), return_labels)
+        if lows:
+            data["pixel_values_low"] = torch.stack(lows)
+            data["pixel_values_high"] = torch.stack(highs)
+            data["boxes"] = norm_boxes
+        return BatchFeature(data)
+
+    def pad(self, all_ids: list[list[int]], all_labels: list[list[int]], padding_side: str = "right", return_labels: bool = True) -> dict:
+        """Pad token ids (with the pad token) and labels (with -100) to one length.
+
+        Returns ``input_ids`` (B, T), ``attention_mask`` (B, T) and, if asked, ``labels`` (B, T)."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        n, width = len(all_ids), max(len(x) for x in all_ids)
+        input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((n, width), dtype=torch.long)
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         for row, (ids, lab) in enumerate(zip(all_ids, all_labels)):
-            sl = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
+            sl = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
             input_ids[row, sl] = torch.tensor(ids)
             attention[row, sl] = 1
             labels[row, sl] = torch.tensor(lab)
         data = {"input_ids": input_ids, "attention_mask": attention}
         if return_labels:
             data["labels"] = labels
-        if lows:
-            data["pixel_values_low"] = torch.stack(lows)
-            data["pixel_values_high"] = torch.stack(highs)
-            data["boxes"] = norm_boxes
-        return BatchFeature(data)
+        return data
 
     # -- outputs -------------------------------------------------------------------------
     def image_meta(self, image) -> ImageMeta:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from chatrex.image_processing import validate_boxes
+
 
 @dataclass
 class BoxList:
@@ -66,3 +68,27 @@ def build_box_list(gt_boxes, proposals, rng: np.random.Generator, max_boxes: int
     for slot, g in enumerate(keep_gt):
         gt_to_index[int(g)] = int(position[slot])
     return BoxList(boxes=boxes, gt_to_index=gt_to_index)
+
+
+def record_proposals(record: dict, width: int, height: int) -> np.ndarray:
+    """The record's ``"proposals"`` (pixel xyxy or ``{"box": ...}``), clipped to the image, with
+    degenerate ones dropped: model output is repaired, not rejected (as the dataset does)."""
+    props = [p["box"] if isinstance(p, dict) else p for p in (record.get("proposals") or [])]
+    if not props:
+        return np.zeros((0, 4))
+    arr = np.asarray(props, dtype=np.float64).reshape(-1, 4)
+    arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, width)
+    arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, height)
+    ok = np.isfinite(arr).all(1) & (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
+    return arr[ok]
+
+
+def record_gt_boxes(record: dict, width: int, height: int) -> np.ndarray:
+    """Validated, clipped ground-truth boxes; ``ValueError`` names the problem."""
+    regions = record.get("regions") or []
+    if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+        raise ValueError("regions is not a list of objects")
+    gt = [r.get("box") for r in regions]
+    if any(b is None for b in gt):
+        raise ValueError("a region has no box")
+    return validate_boxes(gt, width, height, max_objects=10**9)

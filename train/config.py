@@ -51,6 +51,9 @@ class DataConfig:
     turns_per_sample: int = 1
     answer_format: str = "indices"
     """``indices`` (ChatRex) or ``coordinates`` (the coordinate-output baseline, BENCHMARKS.md)."""
+    feature_cache: bool = False
+    """Freeze both vision towers and train from their outputs cached once per image
+    (``train.feature_cache``; built next to each records file on first use)."""
     """Question/answer turns drawn (task by task) for one image and joined into one multi-turn
     conversation: the image and box tokens are encoded once for several supervised answers."""
 

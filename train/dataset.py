@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chatrex.image_processing import load_image, validate_boxes
-
 from chatrex.coordinates import to_coordinate_conversation
+from chatrex.image_processing import load_image
 
-from .box_list import build_box_list
+from .box_list import build_box_list, record_gt_boxes, record_proposals
 from .tasks import BUILDERS, TASKS, BadSample, order_objects
 
 MAX_SKIP = 100
@@ -76,9 +75,14 @@ class ChatRexDataset(torch.utils.data.Dataset):
         answer_format: ``"indices"`` (ChatRex) or ``"coordinates"``: the coordinate-output
             baseline (:mod:`chatrex.coordinates`). The same samples are drawn, then box
             indices are rewritten as quantised coordinates and the prompt gets no box tokens.
+        feature_cache: a :class:`train.feature_cache.FeatureCache` of these records: samples
+            then carry the cached encoder outputs instead of the image (the same box lists and
+            conversations are drawn).
 
-    Items are dicts: ``image`` (RGB PIL), ``boxes`` (K, 4) pixel xyxy, ``conversation``,
-    ``task`` (task names joined by ``+``), ``record_index`` and ``skipped`` (list of ``(record_index, reason)``).
+    Items are dicts: ``image`` (RGB PIL; ``None`` with a cache), ``boxes`` (K, 4) pixel xyxy,
+    ``conversation``, ``task`` (task names joined by ``+``), ``record_index`` and ``skipped``
+    (list of ``(record_index, reason)``); with a cache also ``vision_features`` (N, C_img) and
+    ``object_pooled`` (K, C_obj), the rows of the sample's box list.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         dedup_iou: float = 0.7,
         turns_per_sample: int = 1,
         answer_format: str = "indices",
+        feature_cache=None,
     ):
         unknown = set(task_weights) - set(TASKS)
         if unknown:
@@ -109,6 +114,14 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         if len(records) == 0:
             raise ValueError("the dataset has no records")
+        if feature_cache is not None:
+            if proposal_fn is not None:
+                raise ValueError("a feature cache cannot be combined with on-the-fly proposals (data.upn_model): cache record proposals instead")
+            if len(feature_cache) != len(records):
+                raise ValueError(f"the feature cache has {len(feature_cache)} records but the dataset {len(records)}")
+            if feature_cache.use_proposals != use_record_proposals:
+                raise ValueError(f"the feature cache was built with use_proposals={feature_cache.use_proposals}, the dataset asks for {use_record_proposals}")
+        self.feature_cache = feature_cache
         self.records = records
         self.task_weights = {k: float(v) for k, v in task_weights.items() if v > 0}
         self.seed = seed
@@ -147,39 +160,34 @@ class ChatRexDataset(torch.utils.data.Dataset):
         except (FileNotFoundError, ValueError) as err:  # load_image's ValueError: not a readable image
             raise BadSample(str(err)) from None
 
-    def _proposals(self, record: dict, image: Image.Image) -> np.ndarray:
-        props = []
-        if self.use_record_proposals and record.get("proposals"):
-            props.extend(p["box"] if isinstance(p, dict) else p for p in record["proposals"])
+    def _proposals(self, record: dict, width: int, height: int, image: Image.Image | None) -> np.ndarray:
+        props = record_proposals(record, width, height) if self.use_record_proposals else np.zeros((0, 4))
         if self.proposal_fn is not None:
-            props.extend(np.asarray(self.proposal_fn(image)).reshape(-1, 4).tolist())
-        if not props:
-            return np.zeros((0, 4))
-        arr = np.asarray(props, dtype=np.float64).reshape(-1, 4)
-        # Proposals are model output: clip them and drop degenerate ones instead of failing.
-        arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, image.width)
-        arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, image.height)
-        ok = np.isfinite(arr).all(1) & (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
-        return arr[ok]
+            extra = np.asarray(self.proposal_fn(image), dtype=np.float64).reshape(-1, 4)
+            props = np.concatenate([props, record_proposals({"proposals": extra.tolist()}, width, height)])
+        return props
 
     def build(self, index: int, rng: np.random.Generator) -> dict:
         """One sample from record ``index``; raises :class:`BadSample` (or I/O errors) on bad data."""
         record = self.records[index]
         if not isinstance(record, dict):
             raise BadSample(f"record is a {type(record).__name__}, not an object")
-        image = self._load_image(record.get("image"))
-        regions = record.get("regions") or []
-        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
-            raise BadSample("regions is not a list of objects")
-        gt = [r.get("box") for r in regions]
-        if any(b is None for b in gt):
-            raise BadSample("a region has no box")
+        image = None
+        if self.feature_cache is not None:
+            reason = self.feature_cache.bad_reason(index)
+            if reason is not None:
+                raise BadSample(reason)
+            width, height = self.feature_cache.size(index)
+        else:
+            image = self._load_image(record.get("image"))
+            width, height = image.width, image.height
         try:
             # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
-            gt_boxes = validate_boxes(gt, image.width, image.height, max_objects=10**9)
+            gt_boxes = record_gt_boxes(record, width, height)
         except ValueError as err:
             raise BadSample(f"bad region box: {err}") from None
-        box_list = build_box_list(gt_boxes, self._proposals(record, image), rng, self.max_boxes, self.dedup_iou, self.num_proposals)
+        proposals = self._proposals(record, width, height, image)
+        box_list = build_box_list(gt_boxes, proposals, rng, self.max_boxes, self.dedup_iou, self.num_proposals)
         conversation: list[dict] = []
         names: list[str] = []
         for _ in range(self.turns_per_sample):
@@ -189,9 +197,22 @@ class ChatRexDataset(torch.utils.data.Dataset):
         boxes = box_list.boxes
         conversation = [dict(t, content=order_objects(t["content"], boxes)) if t["role"] == "assistant" else t for t in conversation]
         if self.answer_format == "coordinates":
-            conversation = to_coordinate_conversation(conversation, boxes, image.width, image.height)
+            conversation = to_coordinate_conversation(conversation, boxes, width, height)
             boxes = np.zeros((0, 4))
-        return {"image": image, "boxes": boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
+        sample = {"image": image, "boxes": boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
+        if self.feature_cache is not None:
+            sample.update(self._cached_features(index, np.concatenate([gt_boxes, proposals]), boxes))
+        return sample
+
+    def _cached_features(self, index: int, candidates: np.ndarray, boxes: np.ndarray) -> dict:
+        """The cached fused tokens and the pooled rows of ``boxes`` (a subset of the record's
+        candidate boxes, which the cache holds in the same order)."""
+        fused, pooled = self.feature_cache.get(index)
+        if len(pooled) != len(candidates):
+            raise RuntimeError(f"feature cache row of record {index} has {len(pooled)} boxes but the record has {len(candidates)} candidates: rebuild the cache")
+        row_of = {tuple(b): i for i, b in reversed(list(enumerate(candidates.tolist())))}
+        rows = [row_of[tuple(b)] for b in boxes.tolist()]
+        return {"vision_features": fused, "object_pooled": pooled[rows]}
 
     def _draw_task(self, record: dict, gt_to_index, rng: np.random.Generator) -> tuple[str, list[dict]]:
         """A task drawn by weight among those the record supports, and its turns."""
@@ -218,11 +239,18 @@ class ChatRexCollator:
         self.processor = processor
 
     def __call__(self, samples: list[dict]):
-        batch = self.processor(
-            images=[s["image"] for s in samples],
-            conversations=[s["conversation"] for s in samples],
-            boxes=[s["boxes"] for s in samples],
-        )
+        if samples and "vision_features" in samples[0]:
+            # Cached encoder outputs: only the text is processed here.
+            encoded = [self.processor.encode_sample(s["conversation"], num_boxes=len(s["boxes"]), has_image=True) for s in samples]
+            batch = self.processor.pad([e[0] for e in encoded], [e[1] for e in encoded], "right")
+            batch["vision_features"] = torch.stack([s["vision_features"] for s in samples]).float()
+            batch["object_pooled"] = [s["object_pooled"].float() for s in samples]
+        else:
+            batch = self.processor(
+                images=[s["image"] for s in samples],
+                conversations=[s["conversation"] for s in samples],
+                boxes=[s["boxes"] for s in samples],
+            )
         batch["skipped"] = [item for s in samples for item in s["skipped"]]
         return batch
 

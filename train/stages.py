@@ -43,11 +43,15 @@ def _group_params(model) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def apply_stage(model, stage: int) -> dict[str, tuple[int, int]]:
-    """Set ``requires_grad`` for ``stage`` and return ``{group: (trainable, total)}`` counts."""
+def apply_stage(model, stage: int, freeze_vision: bool = False) -> dict[str, tuple[int, int]]:
+    """Set ``requires_grad`` for ``stage`` and return ``{group: (trainable, total)}`` counts.
+    ``freeze_vision`` keeps both vision towers frozen in every stage (training from cached
+    encoder outputs)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     trainable_groups = {"projectors", "embeddings"} if stage == 1 else set(MODULE_GROUPS)
+    if freeze_vision:
+        trainable_groups.discard("vision")
     counts = {}
     for name, params in _group_params(model).items():
         for p in params:

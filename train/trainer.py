@@ -28,6 +28,7 @@ from .answer_metrics import index_accuracy
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset, EpochSampler
+from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
 from chatrex.jsonl import JsonlRecords, read_jsonl
 
 from .model_loading import load_model_and_processor
@@ -88,7 +89,22 @@ def _proposal_fn(cfg: TrainConfig):
     return lambda image: predictor.predict(image, prompt_type="both").boxes
 
 
-def _dataset(cfg: TrainConfig, paths, proposal_fn) -> ChatRexDataset:
+def _feature_caches(cfg: TrainConfig, model, processor, accelerator) -> dict:
+    """``{records path: FeatureCache}`` for every train and eval file (built on the main
+    process on first use; the others wait and then read it)."""
+    if not cfg.data.feature_cache:
+        return {}
+    if cfg.data.upn_model:
+        raise ValueError("data.feature_cache cannot be combined with data.upn_model (on-the-fly proposals): precompute proposals into the records")
+    folders = {}
+    with accelerator.main_process_first():
+        for path in dict.fromkeys(cfg.data.train + cfg.data.eval):
+            folders[path] = build_cache(path, model, processor, use_proposals=cfg.data.use_record_proposals,
+                                        progress=accelerator.is_local_main_process)
+    return {path: FeatureCache(folder) for path, folder in folders.items()}
+
+
+def _dataset(cfg: TrainConfig, paths, proposal_fn, caches: dict | None = None) -> ChatRexDataset:
     return ChatRexDataset(
         JsonlRecords(paths),
         cfg.data.task_weights,
@@ -100,6 +116,7 @@ def _dataset(cfg: TrainConfig, paths, proposal_fn) -> ChatRexDataset:
         dedup_iou=cfg.data.dedup_iou,
         turns_per_sample=cfg.data.turns_per_sample,
         answer_format=cfg.data.answer_format,
+        feature_cache=ConcatFeatureCache([caches[p] for p in paths]) if caches else None,
     )
 
 
@@ -108,7 +125,7 @@ def _model_inputs(batch) -> dict:
 
 
 def _to_device(batch: dict, device) -> dict:
-    return {k: [t.to(device) for t in v] if k == "boxes" else v.to(device) for k, v in _model_inputs(batch).items()}
+    return {k: [t.to(device) for t in v] if k in ("boxes", "object_pooled") else v.to(device) for k, v in _model_inputs(batch).items()}
 
 
 @torch.no_grad()
@@ -140,7 +157,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    counts = apply_stage(model, cfg.stage)
+    caches = _feature_caches(cfg, model, processor, accelerator)
+    if caches:
+        model.config.vision_high_no_grad = True  # the towers are frozen: a later run on pixels keeps them so
+    counts = apply_stage(model, cfg.stage, freeze_vision=bool(caches))
     accelerator.print(f"stage {cfg.stage}: trainable parameters per module\n{format_counts(counts)}")
     groups = build_param_groups(model, cfg.optim.lr, cfg.optim.weight_decay)
     accelerator.print("optimizer groups: " + ", ".join(f"{g['name']} lr={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in groups))
@@ -148,13 +168,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
 
     proposal_fn = _proposal_fn(cfg)
-    dataset = _dataset(cfg, cfg.data.train, proposal_fn)
+    dataset = _dataset(cfg, cfg.data.train, proposal_fn, caches)
     sampler = EpochSampler(len(dataset), seed=cfg.train.seed)
     collator = ChatRexCollator(processor)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collator, num_workers=cfg.data.num_workers, drop_last=False)
     eval_loader = None
     if cfg.data.eval:
-        eval_set = _dataset(cfg, cfg.data.eval, proposal_fn)
+        eval_set = _dataset(cfg, cfg.data.eval, proposal_fn, caches)
         subset = torch.utils.data.Subset(eval_set, range(min(cfg.data.eval_samples, len(eval_set))))
         eval_loader = torch.utils.data.DataLoader(subset, batch_size=cfg.train.batch_size, collate_fn=collator)
 

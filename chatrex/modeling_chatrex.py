@@ -213,7 +213,11 @@ class ChatRexModel(ChatRexPreTrainedModel):
     def project_objects(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         """B tensors (K_i, C_obj) of pooled box features (position embedding included) -> B
         tensors (K_i, H) in the LLM's hidden size."""
-        projected = self.mm_object_projector(torch.cat(list(pooled)).to(self.mm_projector_dtype))
+        for i, p in enumerate(pooled):
+            if len(p) > self.config.max_objects:
+                raise ValueError(f"image {i} has {len(p)} boxes; at most {self.config.max_objects} are supported")
+        weight = next(self.mm_object_projector.parameters())
+        projected = self.mm_object_projector(torch.cat(list(pooled)).to(weight.device, self.mm_projector_dtype))
         return list(projected.split([len(p) for p in pooled]))
 
     # -- embedding merge -----------------------------------------------------------------
@@ -320,6 +324,8 @@ class ChatRexModel(ChatRexPreTrainedModel):
         if vision_features is not None:
             if pixel_values_low is not None or image_features is not None:
                 raise ValueError("pass one of vision_features, pixel values and image_features")
+            if boxes is not None:
+                raise ValueError("with vision_features pass object_pooled (pooled box features), not boxes")
             image_features = ChatRexImageFeatures(image_embeds=self.project_image(vision_features))
         if object_pooled is not None:
             if boxes is not None or object_features is not None:
@@ -405,7 +411,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         match (new rows initialised at the mean of the old ones), and record the placeholder ids
         in the config. Returns ``{token: id}``."""
         ids = add_special_tokens(tokenizer)
-        if len(tokenizer) > self.get_input_embeddings().num_embeddings:
+        # The placeholders need no row (the model overwrites their positions), so a released
+        # model whose vocabulary ends at </objects> keeps its official size.
+        needed = max(i for t, i in ids.items() if t not in (IMAGE_TOKEN, OBJFEAT_TOKEN)) + 1
+        if needed > self.get_input_embeddings().num_embeddings:
             self.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         self.config.image_token_id = ids[IMAGE_TOKEN]
         self.config.objfeat_token_id = ids[OBJFEAT_TOKEN]

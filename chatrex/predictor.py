@@ -279,6 +279,16 @@ class ChatRexPredictor:
 
     # -- generation ------------------------------------------------------------------------
     @property
+    def stop_token_ids(self) -> list[int]:
+        """Generation stops at the tokenizer's end-of-sequence token and at the ChatML end-of-turn
+        and end-of-text tokens when the vocabulary has them (RexSeek's stop words)."""
+        tok = self.processor.tokenizer
+        vocab = tok.get_vocab()
+        rows = self.model.get_output_embeddings().weight.shape[0]
+        ids = [tok.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+        return [i for i in dict.fromkeys(ids) if i is not None and i < rows]
+
+    @property
     def context_length(self) -> int:
         """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""
         return int(self.model.config.text_config.max_position_embeddings)
@@ -302,7 +312,7 @@ class ChatRexPredictor:
                 max_new_tokens=budget,
                 do_sample=False,
                 pad_token_id=self.processor.tokenizer.pad_token_id,
-                eos_token_id=self.processor.tokenizer.eos_token_id,
+                eos_token_id=self.stop_token_ids,
             )
         return self.processor.decode(out[0, input_ids.shape[1]:])
 

@@ -9,16 +9,20 @@ once and stores them next to the records; the trainer then feeds them to
 ``ChatRexForConditionalGeneration(vision_features=..., object_pooled=...)``, and only the
 projectors, the pointer head and the LLM run forward and backward.
 
-Layout of a cache folder (``<records>.features/<vision digest>/``):
+Layout of a cache:
 
+* folder ``<records>.features/<vision digest>-<records digest>-<props|gt>/``;
 * ``shard-00000.safetensors`` ...: per shard of :data:`SHARD_SIZE` records, ``fused``
   (n, N, C_img) fp16, ``pooled`` (sum K, C_obj) fp16, ``offsets`` (n + 1) int64 into
   ``pooled``; a record whose image or boxes are bad has no rows and is listed in ``bad``;
 * ``index.json``: the model digest, sizes, image sizes per record, bad records and reasons.
 
-Shards are written atomically and an interrupted build resumes at the first missing shard.
-The digest covers the two towers' weights and the object-encoder settings: a cache made with
-other vision weights is never read.
+Shards are written atomically and an interrupted build resumes at the first missing or
+incomplete shard. The folder name joins the digest of the vision side (both towers' weights
+and configs, the object-encoder settings, the image processor), the sha256 of the records file
+and whether proposals are included, so a cache made with other vision weights or other
+records is never read. Images are referenced by path: replacing an image file without
+touching the records is not detected.
 
     python -m train.feature_cache data/synth/train/records_upn.jsonl --model chatrex/bundled/chatrex-tiny
 """
@@ -57,12 +61,24 @@ def vision_digest(model, processor) -> str:
             digest.update(f"{prefix}.{name}".encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     digest.update(json.dumps({f: getattr(model.config, f) for f in ENCODER_FIELDS}, sort_keys=True, default=str).encode())
+    for sub in (model.config.vision_low_config, model.config.vision_high_config):
+        digest.update(json.dumps(sub.to_dict(), sort_keys=True, default=str).encode())
     digest.update(json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
-def cache_dir(records_path: str, digest: str) -> Path:
-    return Path(str(records_path) + ".features") / digest[:16]
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_dir(records_path: str, digest: str, use_proposals: bool = True) -> Path:
+    """The cache folder of ``records_path`` for a vision side with ``digest``."""
+    name = f"{digest[:16]}-{file_digest(records_path)[:12]}-{'props' if use_proposals else 'gt'}"
+    return Path(str(records_path) + ".features") / name
 
 
 def candidate_boxes(record: dict, width: int, height: int, use_proposals: bool = True) -> np.ndarray:
@@ -77,16 +93,17 @@ def encode_batch(model, processor, images, boxes_per_image) -> tuple[torch.Tenso
     """Fused image tokens (B, N, C_img) and pooled box features per image, both before the
     projectors (float32)."""
     ip = processor.image_processor
+    device = next(model.parameters()).device
     lows, highs, norm = [], [], []
     for image, boxes in zip(images, boxes_per_image):
         low, high, meta = ip.preprocess(image)
         lows.append(low)
         highs.append(high)
         # No cap here: the cache holds every candidate, the dataset caps each sample's list.
-        norm.append(torch.from_numpy((boxes + ip._offsets(meta)) / meta.side).float())
-    fused, stages = model.model.encode_image(torch.stack(lows), torch.stack(highs))
+        norm.append(torch.from_numpy((boxes + ip._offsets(meta)) / meta.side).float().to(device))
+    fused, stages = model.model.encode_image(torch.stack(lows).to(device), torch.stack(highs).to(device))
     pooled = model.model.object_encoder([s.float() for s in stages], norm)
-    return fused.float(), pooled
+    return fused.float().cpu(), [p.cpu() for p in pooled]
 
 
 def build_cache(records_path: str, model, processor, use_proposals: bool = True, batch_size: int = 16, progress: bool = True) -> Path:
@@ -94,22 +111,29 @@ def build_cache(records_path: str, model, processor, use_proposals: bool = True,
     its folder. Bad records (unreadable image, bad boxes) are recorded, not fatal."""
     model.eval()
     digest = vision_digest(model, processor)
-    folder = cache_dir(records_path, digest)
+    folder = cache_dir(records_path, digest, use_proposals)
     folder.mkdir(parents=True, exist_ok=True)
     records = JsonlRecords([records_path])
     n = len(records)
-    shards = (n + SHARD_SIZE - 1) // SHARD_SIZE
     index_path = folder / INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"digest": digest, "records": n, "shard_size": SHARD_SIZE,
                                                                                "use_proposals": use_proposals, "sizes": {}, "bad": {}}
-    if index["records"] != n or index["use_proposals"] != use_proposals:
-        raise ValueError(f"{folder} was built for {index['records']} records (use_proposals={index['use_proposals']}); "
-                         f"{records_path} now has {n}: delete the folder to rebuild")
+    shard_size = int(index["shard_size"])
+    shards = (n + shard_size - 1) // shard_size
+
+    def write_index():
+        tmp_index = folder / (INDEX + ".tmp")
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)
+
+    write_index()
     bar = tqdm(total=n, desc=f"encoding {Path(records_path).name}", disable=not progress, unit="img")
     for s in range(shards):
-        lo, hi = s * SHARD_SIZE, min(n, (s + 1) * SHARD_SIZE)
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         path = folder / f"shard-{s:05d}.safetensors"
-        if path.is_file():
+        # A shard counts only once the index lists all its records (a crash can fall between
+        # writing the shard and the index).
+        if path.is_file() and all(str(i) in index["sizes"] or str(i) in index["bad"] for i in range(lo, hi)):
             bar.update(hi - lo)
             continue
         fused_rows: list = [None] * (hi - lo)
@@ -122,8 +146,9 @@ def build_cache(records_path: str, model, processor, use_proposals: bool = True,
                 return
             fused, pooled = encode_batch(model, processor, [p[1] for p in pending], [p[2] for p in pending])
             for (i, _, _), f, p in zip(pending, fused, pooled):
-                fused_rows[i - lo] = f.half()
-                pooled_rows[i - lo] = p.half()
+                fused_rows[i - lo], pooled_rows[i - lo] = f.half(), p.half()
+                if not (torch.isfinite(fused_rows[i - lo]).all() and torch.isfinite(pooled_rows[i - lo]).all()):
+                    raise ValueError(f"record {i}: encoder outputs overflow float16; the cache stores fp16")
             bar.update(len(pending))
             pending.clear()
 
@@ -155,9 +180,7 @@ def build_cache(records_path: str, model, processor, use_proposals: bool = True,
         tmp = folder / f".shard-{s:05d}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
-        tmp_index = folder / (INDEX + ".tmp")
-        tmp_index.write_text(json.dumps(index))
-        os.replace(tmp_index, index_path)
+        write_index()
     bar.close()
     return folder
 
@@ -199,7 +222,10 @@ class FeatureCache:
         return self.index["bad"].get(str(i))
 
     def size(self, i: int) -> tuple[int, int]:
-        return tuple(self.index["sizes"][str(i)])
+        try:
+            return tuple(self.index["sizes"][str(i)])
+        except KeyError:
+            raise ValueError(f"{self.folder}: record {i} is not in the cache (an interrupted build?); run python -m train.feature_cache again") from None
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fused (N, C_img), pooled (G + P, C_obj))`` of record ``i``, fp16."""

@@ -53,11 +53,13 @@ def apply_stage(model, stage: int, freeze_vision: bool = False) -> dict[str, tup
     if freeze_vision:
         trainable_groups.discard("vision")
     counts = {}
+    # A tower run without gradients (config.vision_high_no_grad) is frozen whatever the stage.
+    no_grad = {id(p) for p in model.model.vision_high.parameters()} if model.config.vision_high_no_grad else set()
     for name, params in _group_params(model).items():
         for p in params:
-            p.requires_grad_(name in trainable_groups)
+            p.requires_grad_(name in trainable_groups and id(p) not in no_grad)
         total = sum(p.numel() for p in params)
-        counts[name] = (total if name in trainable_groups else 0, total)
+        counts[name] = (sum(p.numel() for p in params if p.requires_grad), total)
     return counts
 
 

@@ -97,6 +97,7 @@ def _feature_caches(cfg: TrainConfig, model, processor, accelerator) -> dict:
     if cfg.data.upn_model:
         raise ValueError("data.feature_cache cannot be combined with data.upn_model (on-the-fly proposals): precompute proposals into the records")
     folders = {}
+    model.to(accelerator.device)  # encode on the GPU when there is one (prepare() would move it later anyway)
     with accelerator.main_process_first():
         for path in dict.fromkeys(cfg.data.train + cfg.data.eval):
             folders[path] = build_cache(path, model, processor, use_proposals=cfg.data.use_record_proposals,

@@ -68,6 +68,17 @@ PROJECTOR_KEY = re.compile(r"(?:model\.)?(mm_projector|mm_object_projector)\.(\d
 LLM_KEY = re.compile(r"model\.(.+)")
 HEAD_KEY = "lm_head.weight"
 
+# mm_* fields whose value changes the numerics or the prompt: only the released values load.
+REQUIRED_MM_VALUES = {
+    "mm_vision_select_feature": ("patch",),
+    "mm_projector_type": ("mlp2x_gelu",),
+    "mm_patch_merge_type": ("flat",),
+    "image_aspect_ratio": ("pad",),
+    "mm_use_im_start_end": (False,),
+    "mm_use_im_patch_token": (False,),
+}
+KNOWN_MM_FIELDS = {"mm_vision_tower", "mm_vision_select_layer", "mm_hidden_size", "mm_vision_tower_aux", "mm_projector_lr",
+                   "mm_vision_resolution", "mm_vision_tower_lr", *REQUIRED_MM_VALUES}
 # config.json fields that describe the vision side or training, not the LLM.
 NON_LLM_FIELDS = {
     "architectures", "auto_map", "model_type", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
@@ -90,20 +101,30 @@ def _read_config(path: str | os.PathLike) -> dict:
 
 
 def is_official_folder(path: str | os.PathLike) -> bool:
-    """True for a folder in the released models' layout: its config has the official
-    ``mm_*`` fields and none of ours (``vision_low_config``)."""
+    """True for a folder in the released models' layout: a config without ours
+    (``vision_low_config``) that has the official ``mm_*`` fields, or whose weights index names
+    the official ConvNeXt (``vision_tower_aux.``; ChatRex-7B's config is not public)."""
     config = _read_config(path)
-    return "vision_low_config" not in config and any(k in config for k in ("mm_vision_tower", "mm_hidden_size", "mm_projector_type"))
+    if not config or "vision_low_config" in config:
+        return False
+    if any(k in config for k in ("mm_vision_tower", "mm_hidden_size", "mm_projector_type")):
+        return True
+    index = Path(path) / "model.safetensors.index.json"
+    try:
+        names = json.loads(index.read_text()).get("weight_map", {}) if index.is_file() else {}
+    except json.JSONDecodeError:
+        return False
+    return any(CONVNEXT_KEY.fullmatch(k) for k in names)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return read_folder_weights(path)
-    except ValueError:
-        singles = sorted(path.glob("*.safetensors"))
-        if len(singles) == 1:
-            return read_checkpoint(singles[0])
-        raise
+    known = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    if any((path / name).is_file() for name in known):
+        return read_folder_weights(path)  # a shard the index names but the folder lacks is an error here
+    singles = sorted(path.glob("*.safetensors"))
+    if len(singles) == 1:
+        return read_checkpoint(singles[0])
+    raise ValueError(f"{path} has no model.safetensors, pytorch_model.bin or an index of shards")
 
 
 def split_state(state: dict) -> dict[str, dict]:
@@ -182,15 +203,32 @@ def text_config_from_official(official: dict, llm: dict):
     return config
 
 
+def check_official_fields(official: dict) -> None:
+    """Refuse settings the released models do not use (they would change the numerics or the
+    prompt); warn about unknown ``mm_*`` fields, which are ignored."""
+    bad = [f"{k}={official[k]!r} (supported: {', '.join(map(repr, ok))})" for k, ok in REQUIRED_MM_VALUES.items() if k in official and official[k] not in ok]
+    if bad:
+        raise ValueError("official config: unsupported setting(s) " + "; ".join(bad))
+    unknown = sorted(k for k in official if k.startswith("mm_") and k not in KNOWN_MM_FIELDS)
+    if unknown:
+        warnings.warn(f"official config: ignoring unknown field(s) {', '.join(unknown)}", stacklevel=3)
+
+
 def official_config(official: dict, parts: dict) -> ChatRexConfig:
     """Our config for an official checkpoint, with the official numerics."""
+    check_official_fields(official)
     low = clip_config_from_weights(parts["clip"], official.get("mm_vision_tower"))
     text = text_config_from_official(official, parts["llm"])
     with torch.device("meta"):
         high_config, _, _ = map_convnext({k: torch.empty(v.shape, device="meta") for k, v in parts["convnext"].items()})
     high_config.image_size = high_resolution_size(low, high_config)
-    tied = bool(official.get("tie_word_embeddings", False)) or not parts["lm_head"]
+    tied = bool(official.get("tie_word_embeddings", not parts["lm_head"]))
+    if not tied and not parts["lm_head"]:
+        raise ValueError("official checkpoint: missing 1 key(s): lm_head.weight (the config says the embeddings are not tied)")
     text.tie_word_embeddings = tied
+    hidden = official.get("mm_hidden_size")
+    if hidden is not None and int(hidden) != int(low.hidden_size) + int(high_config.hidden_sizes[-1]):
+        raise ValueError(f"official config: mm_hidden_size={hidden} but the towers give {low.hidden_size} + {high_config.hidden_sizes[-1]}")
     return ChatRexConfig(
         vision_low_config=low,
         vision_high_config=high_config,
@@ -295,7 +333,7 @@ def load_official(path: str | os.PathLike, dtype: torch.dtype | str | None = Non
     config.object_token_ids = ids(OFFICIAL_ADDED_TOKENS[:100])
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    stored = next(iter(state.values())).dtype
+    stored = parts["llm"]["embed_tokens.weight"].dtype  # the LLM's dtype (the vision side may be kept in fp32)
     model = ChatRexForConditionalGeneration.from_pretrained(None, config=config, state_dict=state, dtype=dtype or stored)
     model.to(torch.device(device)).eval()
     image_processor = ChatRexImageProcessor(

@@ -44,7 +44,8 @@ def write_official(folder, model: ChatRexForConditionalGeneration, tokenizer_dir
         del state[key]
     state.update(extra or {})
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(folder, "model.safetensors"))
-    config = {**model.config.text_config.to_dict(), **MM_FIELDS, "model_type": model_type, "architectures": ["RexSeekQwenForCausalLM"]}
+    config = {**model.config.text_config.to_dict(), **MM_FIELDS, "model_type": model_type, "architectures": ["RexSeekQwenForCausalLM"],
+              "mm_hidden_size": model.config.image_feature_dim, "object_hidden_size": model.config.object_feature_dim}
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
     for name in os.listdir(tokenizer_dir):
@@ -154,6 +155,32 @@ def test_converting_a_folder_with_an_extra_or_missing_key_names_it(tmp_path, tin
     write_official(shape, model, rexseek_tokenizer_dir, "rexseek_qwen", extra={"mm_projector.0.bias": torch.zeros(5)})
     with pytest.raises(ValueError, match=r"mm_projector.0.bias \(5,\)"):
         load_official(shape)
+
+
+def test_config_settings_the_released_models_do_not_use_are_refused(tmp_path, tiny_official, rexseek_tokenizer_dir):
+    _, model = tiny_official
+    folder = tmp_path / "cls"
+    write_official(folder, model, rexseek_tokenizer_dir, "rexseek_qwen")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_vision_select_feature": "cls_patch"}))
+    with pytest.raises(ValueError, match="mm_vision_select_feature='cls_patch'"):
+        load_official(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        load_official(folder)
+
+
+def test_training_start_keeps_the_official_vocabulary(tiny_official, tmp_path):
+    """train.model_loading attaches the tokenizer: the placeholders must not add rows."""
+    from train.model_loading import load_model_and_processor
+
+    folder, _ = tiny_official
+    out = tmp_path / "converted"
+    model, processor = load_official(folder)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    loaded, _ = load_model_and_processor(str(out))
+    assert loaded.get_input_embeddings().num_embeddings == loaded.config.text_config.vocab_size == 151769
 
 
 def test_convert_then_detect_from_the_command_line(tmp_path, tiny_official, capsys):

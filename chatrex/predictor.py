@@ -165,6 +165,7 @@ class ChatRexPredictor:
         self.proposal_nms_iou = float(settings["nms_iou"] if proposal_nms_iou is None else proposal_nms_iou)
         self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
         self.cache_size = cache_size
+        self.stop_token_ids = self._stop_token_ids()
         self._cache: _Cache | None = None
         self._recent: OrderedDict[str, _Cache] = OrderedDict()
 
@@ -272,22 +273,22 @@ class ChatRexPredictor:
     def granularity(self) -> list[str]:
         return self._require().granularity
 
-    def _require(self) -> _Cache:
-        if self._cache is None:
-            raise RuntimeError("call set_image(image) first")
-        return self._cache
-
-    # -- generation ------------------------------------------------------------------------
-    @property
-    def stop_token_ids(self) -> list[int]:
+    def _stop_token_ids(self) -> list[int]:
         """Generation stops at the tokenizer's end-of-sequence token and at the ChatML end-of-turn
-        and end-of-text tokens when the vocabulary has them (RexSeek's stop words)."""
+        and end-of-text tokens when the vocabulary has them (RexSeek's stop words). Computed
+        once: reading a 150k-token vocabulary per answer would cost more than a decoding step."""
         tok = self.processor.tokenizer
         vocab = tok.get_vocab()
         rows = self.model.get_output_embeddings().weight.shape[0]
         ids = [tok.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
         return [i for i in dict.fromkeys(ids) if i is not None and i < rows]
 
+    def _require(self) -> _Cache:
+        if self._cache is None:
+            raise RuntimeError("call set_image(image) first")
+        return self._cache
+
+    # -- generation ------------------------------------------------------------------------
     @property
     def context_length(self) -> int:
         """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""

@@ -9,6 +9,17 @@ from transformers import CLIPVisionConfig, ConvNextConfig, LlamaConfig, Qwen2Con
 from .configuration_chatrex import ChatRexConfig
 
 
+def _released_vision() -> dict:
+    """OpenAI CLIP-L/14 at 336 px and LAION ConvNeXt-L at 768 px, as released."""
+    return dict(
+        vision_low_config=CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        ),
+        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768, layer_norm_eps=1e-6),
+    )
+
+
 def chatrex_7b() -> ChatRexConfig:
     """Full size: CLIP ViT-L/14 at 336 px, LAION ConvNeXt-L at 768 px, Qwen2.5-7B.
 
@@ -17,11 +28,7 @@ def chatrex_7b() -> ChatRexConfig:
     the vocabulary cut to its tokenizer plus the ChatRex tokens (151,665 + 106 = 151,771, as
     the official code resizes to ``len(tokenizer)``), and timm's ConvNeXt head-norm eps."""
     return ChatRexConfig(
-        vision_low_config=CLIPVisionConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu",
-        ),
-        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768, layer_norm_eps=1e-6),
+        **_released_vision(),
         text_config=Qwen2Config(
             vocab_size=151771, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
@@ -37,17 +44,6 @@ OFFICIAL_NUMERICS = dict(
     vision_low_feature_layer=-2, projector_type="mlp2x_gelu", roi_output_size=7, roi_sampling_ratio=-1,
     roi_aligned=False, box_embed_order="cycxwh", vision_high_no_grad=True,
 )
-
-
-def _released_vision() -> dict:
-    """OpenAI CLIP-L/14 at 336 px and LAION ConvNeXt-L at 768 px, as released."""
-    return dict(
-        vision_low_config=CLIPVisionConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            patch_size=14, image_size=336, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-        ),
-        vision_high_config=ConvNextConfig(hidden_sizes=[192, 384, 768, 1536], depths=[3, 3, 27, 3], image_size=768, layer_norm_eps=1e-6),
-    )
 
 
 def rexseek_3b() -> ChatRexConfig:

@@ -52,7 +52,7 @@ from transformers.utils import logging as hf_logging
 
 from ..chat_template import resolve_chat_template
 from ..configuration_chatrex import ChatRexConfig
-from ..convnext_timm import hf_to_timm
+from ..convnext_timm import hf_to_timm, infer_config
 from ..convert_compose import DTYPES, _check_complete, high_resolution_size, map_clip_vision, map_convnext, read_checkpoint, read_folder_weights
 from ..image_processing import ChatRexImageProcessor
 from ..modeling_chatrex import ChatRexForConditionalGeneration
@@ -219,8 +219,7 @@ def official_config(official: dict, parts: dict) -> ChatRexConfig:
     check_official_fields(official)
     low = clip_config_from_weights(parts["clip"], official.get("mm_vision_tower"))
     text = text_config_from_official(official, parts["llm"])
-    with torch.device("meta"):
-        high_config, _, _ = map_convnext({k: torch.empty(v.shape, device="meta") for k, v in parts["convnext"].items()})
+    high_config = infer_config(parts["convnext"])  # sizes only; map_state maps and checks the tensors
     high_config.image_size = high_resolution_size(low, high_config)
     tied = bool(official.get("tie_word_embeddings", not parts["lm_head"]))
     if not tied and not parts["lm_head"]:

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chatrex.image_processing import load_image
 from chatrex.official.convert import load_official
 from chatrex.official.synthetic import write_official_folder, write_rexseek_tokenizer
+
+from ..upn.official_parity import photo  # the same real photo (gradio's cheetah.jpg) as the UPN fixture
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "rexseek_official")
 IMAGE_INDEX, OBJECT_INDEX = -200, -300  # the official placeholders in input_ids
@@ -34,11 +35,6 @@ def load_fixture() -> tuple[dict, dict]:
     with np.load(os.path.join(FIXTURE, "expected.npz")) as data:
         expected = {k: data[k] for k in data.files}
     return meta, expected
-
-
-def photo() -> Image.Image:
-    spec = importlib.util.find_spec("gradio")
-    return load_image(os.path.join(os.path.dirname(spec.origin), "media_assets", "images", "cheetah.jpg"))
 
 
 def qwen_tokenizer_files() -> str:

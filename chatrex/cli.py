@@ -5,6 +5,8 @@
     chatrex proposals street.png --granularity fine --out proposals.png
     chatrex eval --model chatrex-tiny --data data/synth/test --task referring
     chatrex data-engine run --input photos/ --output runs/engine
+    chatrex data import coco --ann instances_val2017.json --images val2017 --out coco_val.jsonl
+    chatrex bench coco --ann instances_val2017.json --images val2017 --model chatrex-tiny --out runs/bench/coco
 """
 
 from __future__ import annotations
@@ -303,8 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    # Parsed by data_engine.cli (see main); listed here so `chatrex --help` shows it.
+    # Parsed by their own modules (see main); listed here so `chatrex --help` shows them.
     sub.add_parser("data-engine", help="run the data engine (run | stats); see chatrex data-engine --help", add_help=False)
+    sub.add_parser("data", help="import real datasets (COCO, LVIS, RefCOCO, LLaVA, Rexverse-2M, VG) to records; see chatrex data --help",
+                   add_help=False)
+    sub.add_parser("bench", help="the paper's COCO / LVIS / RefCOCO benchmarks; see chatrex bench --help", add_help=False)
     return parser
 
 
@@ -314,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         from data_engine.cli import main as engine_main
 
         return engine_main(argv[1:])
+    if argv[:1] == ["data"]:
+        from .datasets.cli import main as data_main
+
+        return data_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -5,8 +5,9 @@ from .metrics import (
     coco_map,
     detection_precision_recall,
     greedy_match,
+    match_detections,
     proposal_recall,
     referring_correct,
 )
 
-__all__ = ["ClassCounts", "coco_map", "detection_precision_recall", "greedy_match", "proposal_recall", "referring_correct"]
+__all__ = ["ClassCounts", "coco_map", "detection_precision_recall", "greedy_match", "match_detections", "proposal_recall", "referring_correct"]

@@ -39,6 +39,41 @@ def greedy_match(pred, gt, iou_threshold: float = 0.5) -> int:
     return tp
 
 
+def match_detections(pred, gt, ignore=(), iou_threshold: float = 0.5, ignore_unmatched: bool = False) -> tuple[int, int]:
+    """``(true positives, false positives)`` of ``pred`` (in the given order, e.g. by score)
+    against ``gt``, as :func:`greedy_match` matches them.
+
+    ``ignore`` are COCO crowd regions: an unmatched prediction covered by one (intersection over
+    the prediction's own area >= threshold, COCOeval's crowd rule) is neither a true nor a false
+    positive. ``ignore_unmatched`` ignores every unmatched prediction (LVIS's not-exhaustively
+    annotated categories)."""
+    pred, gt, ignore = _t(pred), _t(gt), _t(ignore)
+    if len(pred) == 0:
+        return 0, 0
+    taken = torch.zeros(len(gt), dtype=torch.bool)
+    iou = box_iou(pred, gt) if len(gt) else torch.zeros(len(pred), 0, dtype=pred.dtype)
+    if len(ignore):
+        lt = torch.maximum(pred[:, None, :2], ignore[None, :, :2])
+        rb = torch.minimum(pred[:, None, 2:], ignore[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=2)
+        area = ((pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])).clamp(min=1e-12)
+        covered = (inter / area[:, None]).max(dim=1).values >= iou_threshold
+    else:
+        covered = torch.zeros(len(pred), dtype=torch.bool)
+    tp = fp = 0
+    for i in range(len(pred)):
+        if len(gt):
+            row = iou[i].masked_fill(taken, -1.0)
+            j = int(row.argmax())
+            if float(row[j]) >= iou_threshold:
+                taken[j] = True
+                tp += 1
+                continue
+        if not (ignore_unmatched or bool(covered[i])):
+            fp += 1
+    return tp, fp
+
+
 @dataclass
 class ClassCounts:
     """Accumulated over images for one class."""
@@ -47,9 +82,12 @@ class ClassCounts:
     num_pred: int = 0
     num_gt: int = 0
 
-    def add(self, pred, gt, iou_threshold: float = 0.5) -> None:
-        self.tp += greedy_match(pred, gt, iou_threshold)
-        self.num_pred += len(_t(pred))
+    def add(self, pred, gt, iou_threshold: float = 0.5, ignore=(), ignore_unmatched: bool = False) -> None:
+        """Count one image. Predictions that :func:`match_detections` ignores are not counted
+        as predictions at all."""
+        tp, fp = match_detections(pred, gt, ignore, iou_threshold, ignore_unmatched)
+        self.tp += tp
+        self.num_pred += tp + fp
         self.num_gt += len(_t(gt))
 
 

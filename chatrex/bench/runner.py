@@ -1,0 +1,151 @@
+"""Run a benchmark: shard the items over processes, append predictions as they come, resume a
+killed run, and merge everything into the fixed output files once every shard is done.
+
+Output folder (names fixed so that other tools can read them):
+
+* ``protocol.json``: every knob of the run; a resumed run must use the same ones.
+* ``parts/part-RANK-of-WORLD.jsonl``: one line per finished image (detection) or sentence (REC).
+* ``metrics.json``: the metrics, with ``protocol`` and ``seconds``.
+* ``results.json`` (detection): the official COCO results list.
+* ``predictions.jsonl`` (REC): one line per sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from tqdm.auto import tqdm
+
+from . import detection, rec
+from .protocol import DetectionProtocol, RecProtocol, as_dict
+from .store import PartWriter, done_keys, part_files, read_parts
+
+PROTOCOL_FILE = "protocol.json"
+
+
+class BenchError(ValueError):
+    """A user-facing problem (bad input, a folder from another run): one line, exit code 2."""
+
+
+def write_json_atomic(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def prepare_out_dir(out_dir: str, run: dict, overwrite: bool = False) -> None:
+    """Create ``out_dir`` for ``run`` (protocol plus data selection), or check that the run it
+    holds is the same one, so that a resumed run never mixes two protocols."""
+    path = os.path.join(out_dir, PROTOCOL_FILE)
+    if overwrite and os.path.isdir(out_dir):
+        for name in ("parts", PROTOCOL_FILE, "metrics.json", "results.json", "predictions.jsonl"):
+            target = os.path.join(out_dir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored != run:
+            diff = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+            raise BenchError(f"{out_dir} holds a run with other settings ({', '.join(diff)}); use another --out, or --overwrite to start again")
+    elif part_files(out_dir):
+        raise BenchError(f"{out_dir} has predictions but no {PROTOCOL_FILE}; use another --out, or --overwrite")
+    else:
+        write_json_atomic(path, run)
+
+
+def run_description(protocol, limit: int | None, images_dir: str) -> dict:
+    return {"protocol": as_dict(protocol), "limit": limit, "images": os.path.abspath(images_dir)}
+
+
+def check_images(paths) -> None:
+    missing = [p for p in dict.fromkeys(paths) if not os.path.isfile(p)]
+    if missing:
+        raise BenchError(f"{len(missing)} image file(s) not found, e.g. {missing[0]} (check --images)")
+
+
+def _load_image(path: str):
+    from ..image_processing import load_image
+
+    return load_image(path)
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """Round-robin: item i goes to process i % world (neighbours spread, so shards finish together)."""
+    return items[rank::world]
+
+
+# -- detection -------------------------------------------------------------------------------
+def run_detection_shard(answerer, gt: detection.GroundTruth, protocol: DetectionProtocol, out_dir: str, rank: int = 0, world: int = 1,
+                        progress: bool = True) -> int:
+    """Predict this process's images that no part file holds yet; returns how many it did."""
+    done = done_keys(out_dir)
+    todo = [t for t in shard(gt.images, rank, world) if str(t.image_id) not in done]
+    with PartWriter(out_dir, rank, world) as writer:
+        for truth in tqdm(todo, desc=f"bench {protocol.dataset}" + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress,
+                          unit="img", position=rank if world > 1 else None):
+            writer.append(detection.run_image(answerer, truth, gt, protocol, _load_image(truth.path)))
+    return len(todo)
+
+
+def finalize_detection(gt: detection.GroundTruth, protocol: DetectionProtocol, out_dir: str, seconds: float) -> dict:
+    lines_by_key, _ = read_parts(out_dir)
+    missing = [t.image_id for t in gt.images if str(t.image_id) not in lines_by_key]
+    if missing:
+        raise BenchError(f"{len(missing)} image(s) have no prediction yet (e.g. image_id {missing[0]}); run the same command again to finish")
+    lines = [lines_by_key[str(t.image_id)] for t in gt.images]
+    metrics, results = detection.finalize(lines, gt, protocol)
+    write_json_atomic(os.path.join(out_dir, "results.json"), results)
+    metrics |= {"protocol": as_dict(protocol), "seconds": round(seconds, 1)}
+    write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    return metrics
+
+
+# -- REC ---------------------------------------------------------------------------------------
+def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str, rank: int = 0, world: int = 1, progress: bool = True) -> int:
+    """Predict this process's sentences (sharded by image) that no part file holds yet."""
+    done = done_keys(out_dir)
+    groups = [g for g in shard(rec.group_by_image(sentences), rank, world) if any(str(s.sent_id) not in done for s in g)]
+    count = 0
+    with PartWriter(out_dir, rank, world) as writer:
+        for group in tqdm(groups, desc=f"bench {protocol.dataset} {protocol.split or ''}".rstrip() + (f" [{rank + 1}/{world}]" if world > 1 else ""),
+                          disable=not progress, unit="img", position=rank if world > 1 else None):
+            for line in rec.run_image(answerer, group, protocol, _load_image(group[0].image), done):
+                writer.append(line)
+                count += 1
+    return count
+
+
+PREDICTION_KEYS = ("id", "image_id", "box", "iou", "correct")
+
+
+def finalize_rec(sentences: list, protocol: RecProtocol, out_dir: str, seconds: float) -> dict:
+    lines_by_key, _ = read_parts(out_dir)
+    missing = [s.sent_id for s in sentences if str(s.sent_id) not in lines_by_key]
+    if missing:
+        raise BenchError(f"{len(missing)} sentence(s) have no prediction yet (e.g. id {missing[0]!r}); run the same command again to finish")
+    lines = [lines_by_key[str(s.sent_id)] for s in sentences]
+    tmp = os.path.join(out_dir, "predictions.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for ln in lines:
+            f.write(json.dumps({k: ln[k] for k in PREDICTION_KEYS}) + "\n")
+    os.replace(tmp, os.path.join(out_dir, "predictions.jsonl"))
+    metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "seconds": round(seconds, 1)}
+    write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    return metrics
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -9,11 +9,13 @@ inside, COCO xywh only in ``results.json``.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ..datasets.categories import coco_prompt_name, lvis_prompt_name
+from ..datasets.coco import coco_candidates
+from ..datasets.files import first_existing
+from ..datasets.lvis import lvis_candidates
 from ..evaluation.metrics import ClassCounts, detection_precision_recall, proposal_recall
 from .protocol import DetectionProtocol
 
@@ -37,28 +39,6 @@ class GroundTruth:
     images: list[ImageTruth]
 
 
-def prompt_name(category: dict, dataset: str) -> str:
-    """The words a category is asked with. LVIS names are identifiers (``bow_(weapon)``,
-    ``trash_can``): underscores become spaces; COCO names are used as they are."""
-    name = str(category["name"]).strip()
-    if dataset == "lvis":
-        name = re.sub(r"\s+", " ", name.replace("_", " ")).strip()
-    return name
-
-
-def image_file(entry: dict, images_dir: str) -> str:
-    """COCO's ``file_name`` under ``images_dir``; LVIS v1 entries have only ``coco_url``, whose
-    last two parts (``val2017/000000000139.jpg``) or last part are looked up under ``images_dir``."""
-    if entry.get("file_name"):
-        return os.path.join(images_dir, entry["file_name"])
-    url = entry.get("coco_url")
-    if not url:
-        raise ValueError(f"image {entry.get('id')!r} has neither file_name nor coco_url")
-    parts = url.rstrip("/").split("/")
-    nested = os.path.join(images_dir, *parts[-2:])
-    return nested if os.path.isfile(nested) else os.path.join(images_dir, parts[-1])
-
-
 def load_ground_truth(ann_path: str, images_dir: str, dataset: str, limit: int | None = None) -> GroundTruth:
     """Read a COCO or LVIS annotation file. Images keep the file's order; ``limit`` keeps the
     first N. Crowd annotations are kept apart (they are COCO's ignore regions)."""
@@ -70,11 +50,18 @@ def load_ground_truth(ann_path: str, images_dir: str, dataset: str, limit: int |
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{ann_path}: not a COCO/LVIS instances file (no {key!r} list)")
-    categories = {int(c["id"]): prompt_name(c, dataset) for c in data["categories"]}
+    # The names the importers give prompts (chatrex data import), and the same image lookup.
+    prompt_name = lvis_prompt_name if dataset == "lvis" else coco_prompt_name
+    candidates = (lvis_candidates if dataset == "lvis" else coco_candidates)(images_dir)
+    categories = {int(c["id"]): prompt_name(str(c["name"]).strip()) for c in data["categories"]}
     entries = data["images"][:limit] if limit is not None else data["images"]
     images = {}
     for e in entries:
-        images[int(e["id"])] = ImageTruth(int(e["id"]), image_file(e, images_dir), neg_category_ids=set(e.get("neg_category_ids", [])),
+        try:
+            path = first_existing(candidates(e))[0]
+        except ValueError as err:
+            raise ValueError(f"{ann_path}: image {e.get('id')!r}: {err}") from None
+        images[int(e["id"])] = ImageTruth(int(e["id"]), path, neg_category_ids=set(e.get("neg_category_ids", [])),
                                           not_exhaustive_category_ids=set(e.get("not_exhaustive_category_ids", [])))
     for a in data["annotations"]:
         truth = images.get(int(a["image_id"]))

@@ -183,7 +183,7 @@ def test_lvis_rules_ignore_unverified_and_not_exhaustive_categories(tmp_path):
     path = tmp_path / "lvis.json"
     path.write_text(json.dumps(ann))
     gt = detection.load_ground_truth(str(path), str(tmp_path), "lvis")
-    assert gt.categories[1] == "trash can" and gt.images[0].path == str(tmp_path / "000000000001.jpg")
+    assert gt.categories[1] == "trash can" and gt.images[0].path == str(tmp_path / "val2017" / "000000000001.jpg")
     dets = [{"category_id": 1, "index": 0, "box": [0, 0, 10, 10], "score": 0.9},  # TP
             {"category_id": 1, "index": 1, "box": [30, 30, 40, 40], "score": 0.8},  # not exhaustive: ignored
             {"category_id": 2, "index": 2, "box": [50, 50, 60, 60], "score": 0.7},  # verified absent: FP

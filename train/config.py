@@ -5,6 +5,8 @@ Example (see ``train/configs/stage2.yaml``)::
     stage: 2
     model: {init: runs/stage1/final}
     data: {train: [data/train/records.jsonl], task_weights: {detection: 2, region: 1}}
+    # or a weighted mixture (train/mixture.py), with evaluation images kept out:
+    # data: {train: [{path: coco.jsonl, weight: 2}, {path: rexverse.jsonl, weight: 1}], exclude: [refcoco_val.jsonl]}
     optim: {lr: {default: 2.0e-4, projectors: 1.0e-3}}
     train: {output_dir: runs/stage2, max_steps: 2000, batch_size: 8}
 """
@@ -16,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 
 from chatrex.yaml_config import from_dict, load_yaml_with_overrides
+
+from .mixture import DataSource, parse_sources
 
 DEFAULT_TASK_WEIGHTS = {
     1: {"caption": 1.0, "detection": 1.0},
@@ -36,8 +40,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)
+    train: list = field(default_factory=list)
+    """Record files: plain paths (concatenated, every record equally likely) or, for a mixture,
+    ``{path: ..., weight: ...}`` mappings: a weight is the file's share of the samples
+    (probability w / sum(w), whatever its size; train/mixture.py). Not both kinds at once."""
     eval: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    """Evaluation record files (RefCOCO/+/g val/test, LVIS minival, ...): training records of
+    the same COCO images are dropped when the data loads (chatrex/datasets/leakage.py)."""
     task_weights: dict[str, float] | None = None
     """Defaults per stage: DEFAULT_TASK_WEIGHTS."""
     max_boxes: int = 100
@@ -49,13 +59,20 @@ class DataConfig:
     num_workers: int = 0
     eval_samples: int = 64
     turns_per_sample: int = 1
+    """Question/answer turns drawn (task by task) for one image and joined into one multi-turn
+    conversation: the image and box tokens are encoded once for several supervised answers."""
     answer_format: str = "indices"
     """``indices`` (ChatRex) or ``coordinates`` (the coordinate-output baseline, BENCHMARKS.md)."""
     feature_cache: bool = False
     """Freeze both vision towers and train from their outputs cached once per image
     (``train.feature_cache``; built next to each records file on first use)."""
-    """Question/answer turns drawn (task by task) for one image and joined into one multi-turn
-    conversation: the image and box tokens are encoded once for several supervised answers."""
+
+    def sources(self) -> list[DataSource]:
+        """``train`` as sources (path, weight or None); ValueError names a bad entry."""
+        return parse_sources(self.train)
+
+    def train_paths(self) -> list[str]:
+        return [s.path for s in self.sources()]
 
 
 @dataclass
@@ -103,9 +120,12 @@ class TrainConfig:
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
         if not self.data.train:
             raise ValueError("data.train lists no record files")
-        for path in self.data.train + self.data.eval:
+        for path in self.data.train_paths() + self.data.eval:
             if not os.path.isfile(path):
                 raise ValueError(f"record file {path!r} does not exist")
+        for path in self.data.exclude:
+            if not isinstance(path, str) or not os.path.isfile(path):
+                raise ValueError(f"data.exclude file {path!r} does not exist")
         if self.data.task_weights is None:
             self.data.task_weights = dict(DEFAULT_TASK_WEIGHTS[self.stage])
         checks = {
@@ -146,8 +166,9 @@ class TrainConfig:
                         raise ValueError(f"invalid {section}.{f.name}: {value!r} (expected true/false)")
                 elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
                     raise ValueError(f"invalid {section}.{f.name}: {value!r} (expected a number)")
-        if not isinstance(self.data.train, list) or not isinstance(self.data.eval, list):
-            raise ValueError(f"data.train and data.eval must be lists of paths, got {self.data.train!r} and {self.data.eval!r}")
+        for name in ("train", "eval", "exclude"):
+            if not isinstance(getattr(self.data, name), list):
+                raise ValueError(f"data.{name} must be a list of record files, got {getattr(self.data, name)!r}")
         for name, lr in self.optim.lr.items():
             if isinstance(lr, bool) or not isinstance(lr, (int, float)):
                 raise ValueError(f"invalid optim.lr.{name}: {lr!r} (expected a number; write 2.0e-4, not 2e-4, in YAML)")
@@ -155,8 +176,26 @@ class TrainConfig:
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load YAML (relative record paths resolve against the working directory) and apply
-    ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.max_steps=5``)."""
-    return from_dict(TrainConfig, load_yaml_with_overrides(path, overrides))
+    ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.max_steps=5``).
+    ``$VAR`` / ``${VAR}`` in file and folder paths are environment variables (a recipe sets
+    ``$RECORDS`` once for all its configs); an unset one is left as written."""
+    return _expand_paths(from_dict(TrainConfig, load_yaml_with_overrides(path, overrides)))
+
+
+def _expand(value):
+    return os.path.expandvars(value) if isinstance(value, str) else value
+
+
+def _expand_paths(cfg: TrainConfig) -> TrainConfig:
+    cfg.model.init, cfg.model.tokenizer = _expand(cfg.model.init), _expand(cfg.model.tokenizer)
+    cfg.data.upn_model = _expand(cfg.data.upn_model)
+    cfg.train.output_dir, cfg.train.deepspeed = _expand(cfg.train.output_dir), _expand(cfg.train.deepspeed)
+    for name in ("eval", "exclude"):
+        if isinstance(getattr(cfg.data, name), list):
+            setattr(cfg.data, name, [_expand(p) for p in getattr(cfg.data, name)])
+    if isinstance(cfg.data.train, list):
+        cfg.data.train = [dict(e, path=_expand(e["path"])) if isinstance(e, dict) and "path" in e else _expand(e) for e in cfg.data.train]
+    return cfg
 
 
 def to_dict(config: TrainConfig) -> dict:

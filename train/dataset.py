@@ -24,10 +24,14 @@ from chatrex.coordinates import to_coordinate_conversation
 from chatrex.image_processing import load_image
 
 from .box_list import build_box_list, record_gt_boxes, record_proposals
+from .record_view import is_text_only, outside_crowd, without_crowd
 from .tasks import BUILDERS, TASKS, BadSample, order_objects
 
 MAX_SKIP = 100
 ANSWER_FORMATS = ("indices", "coordinates")
+FIXED_ANSWER_TASKS = ("caption", "grounded_caption", "conversation")
+# The stand-in image of an all-text batch: grey, so it normalises to about zero.
+BLANK_SIDE, BLANK_COLOUR = 32, (122, 116, 104)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -79,7 +83,11 @@ class ChatRexDataset(torch.utils.data.Dataset):
             then carry the cached encoder outputs instead of the image (the same box lists and
             conversations are drawn).
 
-    Items are dicts: ``image`` (RGB PIL; ``None`` with a cache), ``boxes`` (K, 4) pixel xyxy,
+    Imported records (crowd regions, text-only LLaVA rows, ...) are read through
+    :mod:`train.record_view`.
+
+    Items are dicts: ``image`` (RGB PIL; ``None`` with a cache or for a text-only record),
+    ``boxes`` (K, 4) pixel xyxy,
     ``conversation``, ``task`` (task names joined by ``+``), ``record_index`` and ``skipped``
     (list of ``(record_index, reason)``); with a cache also ``vision_features`` (N, C_img) and
     ``object_pooled`` (K, C_obj), the rows of the sample's box list.
@@ -138,14 +146,23 @@ class ChatRexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int) -> dict:
         epoch, index = divmod(int(key), len(self.records))
+        return self.sample(index, salt=(epoch,))
+
+    def sample(self, index: int, salt: tuple = (0,), within: tuple[int, int] | None = None) -> dict:
+        """The sample of record ``index``, its randomness seeded by ``(seed, *salt, record)``.
+
+        A bad record is replaced by the next one in ``within`` (``[start, stop)`` of the
+        records, default all of them, wrapping around), so a mixture stays in one dataset.
+        """
+        start, stop = within if within is not None else (0, len(self.records))
         skipped: list[tuple[int, str]] = []
         for attempt in range(MAX_SKIP):
-            current = (index + attempt) % len(self.records)
+            current = start + (index - start + attempt) % (stop - start)
             try:
-                sample = self.build(current, np.random.default_rng([self.seed, epoch, current]))
+                sample = self.build(current, np.random.default_rng([self.seed, *salt, current]))
             except (BadSample, OSError) as err:
                 reason = f"{type(err).__name__}: {err}"
-                warnings.warn(f"skipping record {current}: {reason}", stacklevel=2)
+                warnings.warn(f"skipping record {current}: {reason}", stacklevel=3)
                 skipped.append((current, reason))
                 continue
             sample["skipped"] = skipped
@@ -172,6 +189,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
         record = self.records[index]
         if not isinstance(record, dict):
             raise BadSample(f"record is a {type(record).__name__}, not an object")
+        if is_text_only(record) and self.feature_cache is None:
+            return self._text_only(record, index, rng)
         image = None
         if self.feature_cache is not None:
             reason = self.feature_cache.bad_reason(index)
@@ -181,19 +200,17 @@ class ChatRexDataset(torch.utils.data.Dataset):
         else:
             image = self._load_image(record.get("image"))
             width, height = image.width, image.height
+        view, crowd = without_crowd(record)
         try:
             # Validates (finite, x2 > x1, inside the image) and clips; the cap is applied below.
-            gt_boxes = record_gt_boxes(record, width, height)
+            gt_boxes = record_gt_boxes(view, width, height)
+            crowd_boxes = record_gt_boxes({"regions": [{"box": b} for b in crowd]}, width, height)
         except ValueError as err:
             raise BadSample(f"bad region box: {err}") from None
-        proposals = self._proposals(record, width, height, image)
+        all_proposals = self._proposals(record, width, height, image)
+        proposals = outside_crowd(all_proposals, crowd_boxes)
         box_list = build_box_list(gt_boxes, proposals, rng, self.max_boxes, self.dedup_iou, self.num_proposals)
-        conversation: list[dict] = []
-        names: list[str] = []
-        for _ in range(self.turns_per_sample):
-            task, turns = self._draw_task(record, box_list.gt_to_index, rng)
-            conversation.extend(turns)
-            names.append(task)
+        conversation, names = self._draw_turns(view, box_list.gt_to_index, rng)
         boxes = box_list.boxes
         conversation = [dict(t, content=order_objects(t["content"], boxes)) if t["role"] == "assistant" else t for t in conversation]
         if self.answer_format == "coordinates":
@@ -201,8 +218,18 @@ class ChatRexDataset(torch.utils.data.Dataset):
             boxes = np.zeros((0, 4))
         sample = {"image": image, "boxes": boxes, "conversation": conversation, "task": "+".join(names), "record_index": index}
         if self.feature_cache is not None:
-            sample.update(self._cached_features(index, np.concatenate([gt_boxes, proposals]), boxes))
+            # The cache rows follow the record as stored: all regions (crowd too), then proposals.
+            sample.update(self._cached_features(index, np.concatenate([record_gt_boxes(record, width, height), all_proposals]), boxes))
         return sample
+
+    def _text_only(self, record: dict, index: int, rng: np.random.Generator) -> dict:
+        """A conversation without image or boxes (LLaVA's text-only records)."""
+        if "conversation" not in self.task_weights:
+            raise BadSample(f"record has no image, only conversations, and the task weights {sorted(self.task_weights)} have no 'conversation'")
+        conversation = BUILDERS["conversation"](record, [], rng)
+        if self.answer_format == "coordinates":
+            conversation = to_coordinate_conversation(conversation, np.zeros((0, 4)), 1, 1)
+        return {"image": None, "boxes": np.zeros((0, 4)), "conversation": conversation, "task": "conversation", "record_index": index}
 
     def _cached_features(self, index: int, candidates: np.ndarray, boxes: np.ndarray) -> dict:
         """The cached fused tokens and the pooled rows of ``boxes`` (a subset of the record's
@@ -214,9 +241,30 @@ class ChatRexDataset(torch.utils.data.Dataset):
         rows = [row_of[tuple(b)] for b in boxes.tolist()]
         return {"vision_features": fused, "object_pooled": pooled[rows]}
 
-    def _draw_task(self, record: dict, gt_to_index, rng: np.random.Generator) -> tuple[str, list[dict]]:
-        """A task drawn by weight among those the record supports, and its turns."""
+    def _draw_turns(self, record: dict, gt_to_index, rng: np.random.Generator) -> tuple[list[dict], list[str]]:
+        """``turns_per_sample`` tasks drawn by weight and their turns. Tasks whose answer is fixed
+        by the record (caption, grounded caption, conversation) are drawn at most once: repeating
+        them would only repeat the same answer. Fewer turns when the record runs out of tasks."""
         tasks = dict(self.task_weights)
+        conversation: list[dict] = []
+        names: list[str] = []
+        for _ in range(self.turns_per_sample):
+            drawn = self._draw_task(record, gt_to_index, rng, tasks)
+            if drawn is None:
+                break
+            task, turns = drawn
+            conversation.extend(turns)
+            names.append(task)
+            if task in FIXED_ANSWER_TASKS:
+                del tasks[task]
+        if not names:
+            raise BadSample(f"record supports none of the tasks {sorted(self.task_weights)}")
+        return conversation, names
+
+    @staticmethod
+    def _draw_task(record: dict, gt_to_index, rng: np.random.Generator, tasks: dict) -> tuple[str, list[dict]] | None:
+        """A task drawn by weight among those the record supports (unsupported ones are removed
+        from ``tasks``), and its turns; None when none is left."""
         while tasks:
             names = sorted(tasks)
             weights = np.array([tasks[n] for n in names])
@@ -225,18 +273,21 @@ class ChatRexDataset(torch.utils.data.Dataset):
             if conversation is not None:
                 return task, conversation
             del tasks[task]
-        raise BadSample(f"record supports none of the tasks {sorted(self.task_weights)}")
+        return None
 
 
 class ChatRexCollator:
     """Batches samples with :class:`~chatrex.ChatRexProcessor` (labels only on answers).
 
     The batch carries ``skipped`` (list of ``(record_index, reason)``), which the trainer pops
-    before the forward pass.
+    before the forward pass. Text-only samples (``image`` None) have no image tokens; with
+    ``always_image`` a batch made only of them gives its first sample a blank image, so the
+    vision towers run in every step (DeepSpeed needs the same modules on every process).
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, always_image: bool = False):
         self.processor = processor
+        self.always_image = always_image
 
     def __call__(self, samples: list[dict]):
         if samples and "vision_features" in samples[0]:
@@ -246,11 +297,13 @@ class ChatRexCollator:
             batch["vision_features"] = torch.stack([s["vision_features"] for s in samples]).float()
             batch["object_pooled"] = [s["object_pooled"].float() for s in samples]
         else:
+            images = [s["image"] for s in samples]
+            if self.always_image and samples and all(image is None for image in images):
+                images[0] = Image.new("RGB", (BLANK_SIDE, BLANK_SIDE), BLANK_COLOUR)
             batch = self.processor(
-                images=[s["image"] for s in samples],
+                images=images,
                 conversations=[s["conversation"] for s in samples],
                 boxes=[s["boxes"] for s in samples],
             )
         batch["skipped"] = [item for s in samples for item in s["skipped"]]
         return batch
-

@@ -43,6 +43,16 @@ def _group_params(model) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def param_count(p: nn.Parameter) -> int:
+    # Under DeepSpeed ZeRO-3 a loaded model's parameters are already partitioned (empty
+    # tensors); the full size and shape are kept in ds_numel / ds_shape.
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def _ndim(p: nn.Parameter) -> int:
+    return len(getattr(p, "ds_shape", p.shape))
+
+
 def apply_stage(model, stage: int, freeze_vision: bool = False) -> dict[str, tuple[int, int]]:
     """Set ``requires_grad`` for ``stage`` and return ``{group: (trainable, total)}`` counts.
     ``freeze_vision`` keeps both vision towers frozen in every stage (training from cached
@@ -58,8 +68,8 @@ def apply_stage(model, stage: int, freeze_vision: bool = False) -> dict[str, tup
     for name, params in _group_params(model).items():
         for p in params:
             p.requires_grad_(name in trainable_groups and id(p) not in no_grad)
-        total = sum(p.numel() for p in params)
-        counts[name] = (sum(p.numel() for p in params if p.requires_grad), total)
+        total = sum(param_count(p) for p in params)
+        counts[name] = (sum(param_count(p) for p in params if p.requires_grad), total)
     return counts
 
 
@@ -90,8 +100,8 @@ def build_param_groups(model, learning_rates: dict[str, float], weight_decay: fl
         if name not in learning_rates and "default" not in learning_rates:
             raise ValueError(f"no learning rate for module group {name!r} and no 'default'")
         lr = float(learning_rates.get(name, learning_rates.get("default")))
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        decay = [p for p in params if _ndim(p) >= 2]
+        no_decay = [p for p in params if _ndim(p) < 2]
         if decay:
             out.append({"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay})
         if no_decay:

@@ -84,6 +84,14 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
+def _not_exhaustive(record: dict) -> set:
+    """Category ids whose instances the record may not all list (LVIS): asking for "all" of
+    them would teach the model that the unlabelled ones are not there."""
+    source = record.get("source")
+    ids = source.get("not_exhaustive_category_ids") if isinstance(source, dict) else None
+    return set(ids) if isinstance(ids, list) else set()
+
+
 def _queries(record: dict) -> list[dict]:
     """Detection queries: the record's own ``queries`` if present, else derived from regions."""
     if record.get("queries"):
@@ -91,8 +99,9 @@ def _queries(record: dict) -> list[dict]:
     regions = record.get("regions") or []
     out: list[dict] = []
     by_category: dict[str, list[int]] = {}
+    incomplete = _not_exhaustive(record)
     for i, r in enumerate(regions):
-        if r.get("category"):
+        if r.get("category") and r.get("category_id") not in incomplete:
             by_category.setdefault(r["category"], []).append(i)
     out.extend({"type": "category", "text": c, "targets": idx} for c, idx in by_category.items())
     for i, r in enumerate(regions):
@@ -101,8 +110,20 @@ def _queries(record: dict) -> list[dict]:
     return out
 
 
+def _in_box_list(query: dict, region_to_index: list[int | None]) -> bool:
+    """Whether every target of ``query`` made it into the box list (a record with more regions
+    than ``max_boxes`` loses some); an out-of-range target is a data error."""
+    for t in query.get("targets") or []:
+        if not 0 <= int(t) < len(region_to_index):
+            raise BadSample(f"query {query.get('text')!r} targets region {t} but the record has {len(region_to_index)} regions")
+        if region_to_index[int(t)] is None:
+            return False
+    return True
+
+
 def build_detection(record: dict, region_to_index: list[int | None], rng: np.random.Generator) -> list[dict] | None:
-    queries = [q for q in _queries(record) if q.get("text")]
+    # A query with a target capped out of the box list would have an incomplete answer.
+    queries = [q for q in _queries(record) if q.get("text") and _in_box_list(q, region_to_index)]
     if not queries:
         return None
     negatives = [q for q in queries if not q.get("targets")]
@@ -112,13 +133,7 @@ def build_detection(record: dict, region_to_index: list[int | None], rng: np.ran
     else:
         q = _pick(rng, queries)
     kind = q.get("type", "phrase") if q.get("type") in templates.DETECTION else "phrase"
-    targets = []
-    for t in q.get("targets", []):
-        if not 0 <= int(t) < len(region_to_index):
-            raise BadSample(f"query {q['text']!r} targets region {t} but the record has {len(region_to_index)} regions")
-        if region_to_index[int(t)] is None:
-            raise BadSample(f"query target region {t} is not in the capped box list")
-        targets.append(region_to_index[int(t)])
+    targets = [region_to_index[int(t)] for t in q.get("targets") or []]
     question = _pick(rng, templates.DETECTION[kind]).format(phrase=q["text"])
     return [{"role": "user", "content": question}, {"role": "assistant", "content": grounded_answer(q["text"], targets)}]
 

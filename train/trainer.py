@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ from transformers import get_scheduler
 from .answer_metrics import index_accuracy
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
-from .dataset import ChatRexCollator, ChatRexDataset, EpochSampler
+from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
 from chatrex.jsonl import JsonlRecords, read_jsonl
 
 from .model_loading import load_model_and_processor
-from .stages import apply_stage, build_param_groups, format_counts
+from .stages import apply_stage, build_param_groups, format_counts, param_count
+from .training_data import build_train_data, chatrex_dataset
 
 FINAL_DIR = "final"
 
@@ -69,6 +71,13 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
             # accelerate picks no backend for DeepSpeed on a CPU-only machine and would then run
             # every process as a world of one; gloo gives DeepSpeed a real process group.
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
+            if "LOCAL_RANK" not in os.environ:
+                # Started without a launcher (or by `accelerate launch` with one process):
+                # accelerate only creates that group for launched processes, so describe a
+                # world of one, as torchrun would.
+                os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", str(_free_port()))
     return Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=_mixed_precision(cfg.train.mixed_precision),
@@ -78,6 +87,27 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         # DeepSpeed it must stay False or accelerate skips DeepSpeed's initialisation.
         cpu=plugin is None and not on_gpu,
     )
+
+
+def _size_zero_buckets(accelerator: Accelerator, model) -> None:
+    """Fill ZeRO's ``auto`` bucket sizes from the LLM's width, with accelerate's own formulas:
+    accelerate looks for ``model.config.hidden_size``, which ChatRex keeps in ``text_config``."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    hidden = model.config.text_config.hidden_size
+    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+             "stage3_param_persistence_threshold": 10 * hidden}
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _proposal_fn(cfg: TrainConfig):
@@ -99,26 +129,15 @@ def _feature_caches(cfg: TrainConfig, model, processor, accelerator) -> dict:
     folders = {}
     model.to(accelerator.device)  # encode on the GPU when there is one (prepare() would move it later anyway)
     with accelerator.main_process_first():
-        for path in dict.fromkeys(cfg.data.train + cfg.data.eval):
+        for path in dict.fromkeys(cfg.data.train_paths() + cfg.data.eval):
             folders[path] = build_cache(path, model, processor, use_proposals=cfg.data.use_record_proposals,
                                         progress=accelerator.is_local_main_process)
     return {path: FeatureCache(folder) for path, folder in folders.items()}
 
 
-def _dataset(cfg: TrainConfig, paths, proposal_fn, caches: dict | None = None) -> ChatRexDataset:
-    return ChatRexDataset(
-        JsonlRecords(paths),
-        cfg.data.task_weights,
-        seed=cfg.train.seed,
-        max_boxes=cfg.data.max_boxes,
-        use_record_proposals=cfg.data.use_record_proposals,
-        proposal_fn=proposal_fn,
-        num_proposals=cfg.data.num_proposals,
-        dedup_iou=cfg.data.dedup_iou,
-        turns_per_sample=cfg.data.turns_per_sample,
-        answer_format=cfg.data.answer_format,
-        feature_cache=ConcatFeatureCache([caches[p] for p in paths]) if caches else None,
-    )
+def _eval_dataset(cfg: TrainConfig, proposal_fn, caches: dict | None = None) -> ChatRexDataset:
+    cache = ConcatFeatureCache([caches[p] for p in cfg.data.eval]) if caches else None
+    return chatrex_dataset(cfg, JsonlRecords(cfg.data.eval), proposal_fn, cache)
 
 
 def _model_inputs(batch) -> dict:
@@ -164,23 +183,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     counts = apply_stage(model, cfg.stage, freeze_vision=bool(caches))
     accelerator.print(f"stage {cfg.stage}: trainable parameters per module\n{format_counts(counts)}")
     groups = build_param_groups(model, cfg.optim.lr, cfg.optim.weight_decay)
-    accelerator.print("optimizer groups: " + ", ".join(f"{g['name']} lr={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in groups))
+    accelerator.print("optimizer groups: " + ", ".join(f"{g['name']} lr={g['lr']:g} ({sum(param_count(p) for p in g['params']):,})" for g in groups))
     optimizer = torch.optim.AdamW(groups)
     scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
 
     proposal_fn = _proposal_fn(cfg)
-    dataset = _dataset(cfg, cfg.data.train, proposal_fn, caches)
-    sampler = EpochSampler(len(dataset), seed=cfg.train.seed)
-    collator = ChatRexCollator(processor)
+    train_cache = ConcatFeatureCache([caches[p] for p in cfg.data.train_paths()]) if caches else None
+    data = build_train_data(cfg, proposal_fn, train_cache)
+    for line in data.report:
+        accelerator.print(line)
+    dataset, sampler = data.dataset, data.sampler
+    # DeepSpeed needs every process to run the same modules in every step (ZeRO-3 gathers each
+    # module's weights collectively): a batch of text-only samples still encodes an image.
+    collator = ChatRexCollator(processor, always_image=bool(cfg.train.deepspeed))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collator, num_workers=cfg.data.num_workers, drop_last=False)
     eval_loader = None
     if cfg.data.eval:
-        eval_set = _dataset(cfg, cfg.data.eval, proposal_fn, caches)
+        eval_set = _eval_dataset(cfg, proposal_fn, caches)
         subset = torch.utils.data.Subset(eval_set, range(min(cfg.data.eval_samples, len(eval_set))))
         eval_loader = torch.utils.data.DataLoader(subset, batch_size=cfg.train.batch_size, collate_fn=collator)
 
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
     # it once per process), and registered so checkpoints carry it.
+    _size_zero_buckets(accelerator, model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
 

@@ -11,6 +11,8 @@ import argparse
 import sys
 import warnings
 
+from . import leakage
+
 PROG = "chatrex data"
 _FMT = argparse.RawDescriptionHelpFormatter
 
@@ -67,11 +69,12 @@ def _sub(subs, name: str, help_text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Dataset tools: import public datasets into records (docs/records.md).")
+    parser = argparse.ArgumentParser(prog=PROG, description="Dataset tools: import public datasets into records (docs/records.md), and keep evaluation images out of training.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     imp = commands.add_parser("import", help="convert a public dataset to records (JSONL, pixel xyxy boxes, original ids kept)",
                               description="Convert a public dataset to records (docs/records.md, section 'Imported datasets').")
     subs = imp.add_subparsers(dest="format_name", metavar="FORMAT")
+    leakage.add_parser(commands)
 
     p = _sub(subs, "coco", "COCO or Objects365 instances JSON")
     p.add_argument("--ann", required=True, help="instances JSON (bbox xywh)")
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "filter-leakage":
+        return leakage.run(args)
     if getattr(args, "format_name", None) is None:
         parser.import_parser.print_help(sys.stderr)
         return 2

@@ -8,7 +8,8 @@
 
 The paper's protocol is the default; every knob is a flag, printed with the result and stored
 in metrics.json. A killed run continues when the same command is run again. Several
-processes: --num-processes N (one machine), or ``accelerate launch -m chatrex.bench ...``.
+processes: --num-processes N (one machine), or ``accelerate launch --multi_gpu -m chatrex.bench ...``
+/ ``torchrun --nproc_per_node N -m chatrex.bench ...`` (one GPU per process with --device cuda).
 See docs/benchmarks.md.
 """
 
@@ -190,7 +191,7 @@ class Phases:
     """Which steps this process runs: prepare the output folder, predict its shard, merge.
 
     One process does all three. With --num-processes the parent prepares, its workers
-    predict, and the parent merges. Under ``accelerate launch`` rank 0 prepares and merges,
+    predict, and the parent merges. Under ``accelerate launch`` / ``torchrun`` rank 0 prepares and merges,
     with a barrier before and after the shards."""
 
     def __init__(self, prepare: bool, work: bool, merge: bool, rank: int = 0, world: int = 1, local_rank: int = 0, barrier=None):
@@ -262,12 +263,19 @@ def _rec(args, ph: Phases) -> int:
     return 0
 
 
-def _accelerate_phases(rank: int, world: int, local_rank: int) -> Phases:
-    from accelerate import PartialState
+def _launcher_phases(rank: int, world: int, local_rank: int) -> Phases:
+    """Phases under ``accelerate launch`` or ``torchrun`` (RANK / WORLD_SIZE in the environment).
 
-    state = PartialState()
-    return Phases(prepare=state.is_main_process, work=True, merge=state.is_main_process, rank=rank, world=world, local_rank=local_rank,
-                  barrier=state.wait_for_everyone)
+    The processes only need to wait for each other, so a gloo process group serves every
+    device (accelerate's own state does not see a CPU torchrun launch as distributed). The
+    timeout is long because rank 0 waits at the last barrier until the slowest shard ends."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    return Phases(prepare=rank == 0, work=True, merge=rank == 0, rank=rank, world=world, local_rank=local_rank, barrier=dist.barrier)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if WORLD_ENV in os.environ:  # a --num-processes worker
                 return run(args, Phases(prepare=False, work=True, merge=False, rank=rank, world=world, local_rank=local_rank))
             if world > 1:
-                return run(args, _accelerate_phases(rank, world, local_rank))
+                return run(args, _launcher_phases(rank, world, local_rank))
             if args.num_processes == 1:
                 return run(args, Phases(prepare=True, work=True, merge=True))
             run(args, Phases(prepare=True, work=False, merge=False))

@@ -98,3 +98,12 @@ def test_kill_9_in_a_two_process_run_then_the_same_command_finishes_it(synth, tm
     assert sorted(keys, key=int) == [str(i) for i in range(1, 5)]  # every image once
     got, expected = _metrics(out), _metrics(clean)
     assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+
+
+def test_torchrun_shards_and_rank_0_merges(synth, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = str(tmp_path / "torchrun")
+    subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "chatrex.bench", "coco", "--ann", str(synth / "instances.json"), "--images",
+                    str(synth), "--out", out, "--limit", "3", "--no-progress"], check=True, capture_output=True)
+    assert sorted(os.listdir(os.path.join(out, "parts"))) == ["part-000-of-002.jsonl", "part-001-of-002.jsonl"]
+    assert sorted(_lines(out), key=int) == ["1", "2", "3"] and _metrics(out)["images"] == 3

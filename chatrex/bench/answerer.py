@@ -47,10 +47,14 @@ class PredictorAnswerer:
 
     def proposals(self, image) -> tuple[np.ndarray, np.ndarray]:
         """UPN boxes (K, 4) pixel xyxy and their scores (K,), sorted as :func:`sort_proposals`."""
+        return self.proposals_batch([image])[0]
+
+    def proposals_batch(self, images: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`proposals` of several images in one UPN forward pass (padded and masked)."""
         p = self.protocol
-        props = self.predictor.upn.predict(image, prompt_type=p.prompt, min_score=p.min_score,
-                                           nms_iou=1.0 if p.nms_iou is None else p.nms_iou, max_boxes=p.max_proposals)
-        return sort_proposals(props.boxes.double().numpy(), props.scores.double().numpy(), p.score_decimals)
+        props = self.predictor.upn.predict_batch(images, prompt_type=p.prompt, min_score=p.min_score,
+                                                 nms_iou=1.0 if p.nms_iou is None else p.nms_iou, max_boxes=p.max_proposals)
+        return [sort_proposals(x.boxes.double().numpy(), x.scores.double().numpy(), p.score_decimals) for x in props]
 
     def answer(self, image, boxes: np.ndarray, question: str) -> tuple[str, list[tuple[str, list[int]]]]:
         """Ask ``question`` about ``image`` with ``boxes`` as the object tokens.

@@ -51,6 +51,8 @@ def _common(p) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--limit", type=int, help="the first N images (detection) or sentences (REC) only")
     r.add_argument("--num-processes", type=int, default=1, help="shard over N processes on this machine (default 1)")
+    r.add_argument("--batch-size", type=int, default=1,
+                   help="images per UPN forward pass (default 1; larger batches pad images to a common size, which can move a proposal slightly)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; with several processes, cuda means one GPU per process")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
     r.add_argument("--overwrite", action="store_true", help="discard the predictions already in --out instead of resuming them")
@@ -215,7 +217,8 @@ def _detection(args, ph: Phases) -> int:
     if ph.work:
         runner.check_images(t.path for t in runner.shard(gt.images, ph.rank, ph.world))
         answerer = _answerer(args, protocol.proposals, ph.local_rank, ph.world)
-        runner.run_detection_shard(answerer, gt, protocol, args.out, ph.rank, ph.world, progress=not args.no_progress)
+        runner.run_detection_shard(answerer, gt, protocol, args.out, ph.rank, ph.world, progress=not args.no_progress,
+                                   batch_size=args.batch_size)
     ph.barrier()
     if ph.merge:
         metrics = runner.finalize_detection(gt, protocol, args.out, timer.seconds)
@@ -235,7 +238,8 @@ def _rec_one(args, fmt, src, dataset, split, out, ph: Phases, answerer_cache: di
         runner.check_images(g[0].image for g in runner.shard(rec.group_by_image(sentences), ph.rank, ph.world))
         if "answerer" not in answerer_cache:
             answerer_cache["answerer"] = _answerer(args, protocol.proposals, ph.local_rank, ph.world)
-        runner.run_rec_shard(answerer_cache["answerer"], sentences, protocol, out, ph.rank, ph.world, progress=not args.no_progress)
+        runner.run_rec_shard(answerer_cache["answerer"], sentences, protocol, out, ph.rank, ph.world, progress=not args.no_progress,
+                             batch_size=args.batch_size)
     ph.barrier()
     if ph.merge:
         metrics = runner.finalize_rec(sentences, protocol, out, timer.seconds)
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num_processes < 1:
             raise BenchError(f"--num-processes must be >= 1, got {args.num_processes}")
+        if args.batch_size < 1:
+            raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.kind == "rec" and not args.all_splits:
             _infer_dataset_split(args)
         with _output_policy(args.verbose):

@@ -117,10 +117,11 @@ def questions(truth: ImageTruth, gt: GroundTruth, protocol: DetectionProtocol, t
     return [{cid: gt.categories[cid] for cid in ids}]
 
 
-def run_image(answerer, truth: ImageTruth, gt: GroundTruth, protocol: DetectionProtocol, image) -> dict:
-    """Ask every question of one image; the prediction line :func:`finalize` reads."""
+def run_image(answerer, truth: ImageTruth, gt: GroundTruth, protocol: DetectionProtocol, image, proposals=None) -> dict:
+    """Ask every question of one image; the prediction line :func:`finalize` reads.
+    ``proposals``: ``(boxes, scores)`` computed beforehand (a UPN batch), else computed here."""
     template = answerer.prompts.detection["category"]
-    boxes, scores = answerer.proposals(image)
+    boxes, scores = answerer.proposals(image) if proposals is None else proposals
     dets, raw_answers, unmatched = [], [], []
     asked = questions(truth, gt, protocol, template)
     for cats in asked:

@@ -35,10 +35,11 @@ def group_by_image(sentences: list) -> list[list]:
     return list(groups.values())
 
 
-def run_image(answerer, sentences: list, protocol: RecProtocol, image, done: set[str]) -> list[dict]:
-    """Prediction lines for the sentences of one image not yet in ``done``."""
+def run_image(answerer, sentences: list, protocol: RecProtocol, image, done: set[str], proposals=None) -> list[dict]:
+    """Prediction lines for the sentences of one image not yet in ``done``; ``proposals`` as
+    :func:`chatrex.bench.detection.run_image`."""
     template = answerer.prompts.detection["referring"]
-    boxes, _ = answerer.proposals(image)
+    boxes, _ = answerer.proposals(image) if proposals is None else proposals
     lines = []
     for s in sentences:
         key = str(s.sent_id)

@@ -77,6 +77,19 @@ def _load_image(path: str):
     return load_image(path)
 
 
+def with_proposals(answerer, items: list, path_of, batch_size: int):
+    """Yield ``(item, image, proposals)``: images loaded, and UPN run on ``batch_size`` of them
+    at a time when the model offers a batched path (``proposals=None`` otherwise: computed per
+    image)."""
+    batched = batch_size > 1 and hasattr(answerer, "proposals_batch")
+    step = batch_size if batched else 1
+    for start in range(0, len(items), step):
+        chunk = items[start:start + step]
+        images = [_load_image(path_of(item)) for item in chunk]
+        props = answerer.proposals_batch(images) if batched else [None] * len(chunk)
+        yield from zip(chunk, images, props)
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """Round-robin: item i goes to process i % world (neighbours spread, so shards finish together)."""
     return items[rank::world]
@@ -84,14 +97,16 @@ def shard(items: list, rank: int, world: int) -> list:
 
 # -- detection -------------------------------------------------------------------------------
 def run_detection_shard(answerer, gt: detection.GroundTruth, protocol: DetectionProtocol, out_dir: str, rank: int = 0, world: int = 1,
-                        progress: bool = True) -> int:
+                        progress: bool = True, batch_size: int = 1) -> int:
     """Predict this process's images that no part file holds yet; returns how many it did."""
     done = done_keys(out_dir)
     todo = [t for t in shard(gt.images, rank, world) if str(t.image_id) not in done]
-    with PartWriter(out_dir, rank, world) as writer:
-        for truth in tqdm(todo, desc=f"bench {protocol.dataset}" + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress,
-                          unit="img", position=rank if world > 1 else None):
-            writer.append(detection.run_image(answerer, truth, gt, protocol, _load_image(truth.path)))
+    bar = tqdm(total=len(todo), desc=f"bench {protocol.dataset}" + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress,
+               unit="img", position=rank if world > 1 else None)
+    with PartWriter(out_dir, rank, world) as writer, bar:
+        for truth, image, props in with_proposals(answerer, todo, lambda t: t.path, batch_size):
+            writer.append(detection.run_image(answerer, truth, gt, protocol, image, props))
+            bar.update()
     return len(todo)
 
 
@@ -109,17 +124,20 @@ def finalize_detection(gt: detection.GroundTruth, protocol: DetectionProtocol, o
 
 
 # -- REC ---------------------------------------------------------------------------------------
-def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str, rank: int = 0, world: int = 1, progress: bool = True) -> int:
+def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str, rank: int = 0, world: int = 1, progress: bool = True,
+                  batch_size: int = 1) -> int:
     """Predict this process's sentences (sharded by image) that no part file holds yet."""
     done = done_keys(out_dir)
     groups = [g for g in shard(rec.group_by_image(sentences), rank, world) if any(str(s.sent_id) not in done for s in g)]
     count = 0
-    with PartWriter(out_dir, rank, world) as writer:
-        for group in tqdm(groups, desc=f"bench {protocol.dataset} {protocol.split or ''}".rstrip() + (f" [{rank + 1}/{world}]" if world > 1 else ""),
-                          disable=not progress, unit="img", position=rank if world > 1 else None):
-            for line in rec.run_image(answerer, group, protocol, _load_image(group[0].image), done):
+    bar = tqdm(total=len(groups), desc=f"bench {protocol.dataset} {protocol.split or ''}".rstrip() + (f" [{rank + 1}/{world}]" if world > 1 else ""),
+               disable=not progress, unit="img", position=rank if world > 1 else None)
+    with PartWriter(out_dir, rank, world) as writer, bar:
+        for group, image, props in with_proposals(answerer, groups, lambda g: g[0].image, batch_size):
+            for line in rec.run_image(answerer, group, protocol, image, done, props):
                 writer.append(line)
                 count += 1
+            bar.update()
     return count
 
 

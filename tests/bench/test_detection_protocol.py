@@ -217,3 +217,31 @@ def test_lvis_average_precision_uses_lvis_rules(tmp_path):
     # One of two "a" boxes found at precision 1: 51 of 101 recall points; only "a" has ground truth.
     assert m["mAP"] == pytest.approx(51 / 101, abs=1e-6) and m["APf"] == pytest.approx(51 / 101, abs=1e-6)
     assert m["APr"] == -1.0  # no rare category with ground truth: faster-coco-eval's "absent"
+
+
+class BatchingFakeAnswerer(FakeAnswerer):
+    def __init__(self, answers):
+        super().__init__(answers)
+        self.batches: list[list[str]] = []
+
+    def proposals(self, image):
+        raise AssertionError("with --batch-size > 1 proposals come from proposals_batch")
+
+    def proposals_batch(self, images):
+        self.batches.append([im.info["name"] for im in images])
+        return [FakeAnswerer.proposals(self, im) for im in images]
+
+
+def test_batched_proposals_give_the_same_predictions(coco, tmp_path):
+    ann, images = coco
+    protocol = DetectionProtocol(dataset="coco", annotations=ann, prompt_mode="per-category")
+    gt = detection.load_ground_truth(ann, images, "coco")
+    out = {}
+    for batch in (1, 2):
+        out[batch] = str(tmp_path / f"b{batch}")
+        runner.prepare_out_dir(out[batch], runner.run_description(protocol, None, images))
+        answerer = BatchingFakeAnswerer(PER_CATEGORY) if batch > 1 else FakeAnswerer(PER_CATEGORY)
+        runner.run_detection_shard(answerer, gt, protocol, out[batch], progress=False, batch_size=batch)
+    assert answerer.batches == [["five.png", "seven.png"]]
+    first, second = (runner.finalize_detection(gt, protocol, out[b], seconds=0.0) for b in (1, 2))
+    assert first == second

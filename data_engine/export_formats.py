@@ -18,6 +18,7 @@ import os
 import sys
 
 from chatrex.jsonl import read_jsonl
+from data_engine.coco import _write_atomic
 
 CATEGORY_ID_STEP = 10
 
@@ -62,13 +63,6 @@ def export(records_path: str, limit: int | None = None) -> tuple[dict, dict]:
             mdetr["annotations"].append({"id": sentence_id, "image_id": sentence_id, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
                                          "category_id": cat_id[region["category"]], "original_id": ann_ids[q["targets"][0]]})
     return coco, mdetr
-
-
-def _write_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

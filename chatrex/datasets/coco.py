@@ -25,7 +25,7 @@ from typing import Callable
 
 from .boxes import BadBox, checked_box, xywh_to_xyxy
 from .categories import categories_sidecar, coco_prompt_name, objects365_prompt_name
-from .files import ImageLocator, image_size
+from .files import ImageLocator
 from .sink import ImportSummary, RecordSink
 
 
@@ -149,15 +149,10 @@ def import_coco_like(ann_path: str, data: dict, style: CocoStyle, out: str, *, s
             except ValueError as err:
                 sink.bad(where, str(err), "malformed image")
                 continue
-            width, height = _positive_int(img.get("width")), _positive_int(img.get("height"))
-            if not exists:
-                sink.note("image files not found")
-            elif width is None or height is None:
-                try:
-                    width, height = image_size(path)
-                except ValueError as err:
-                    sink.bad(where, f"{path}: {err}", "unreadable image")
-                    continue
+            size = sink.image_size(path, exists, _positive_int(img.get("width")), _positive_int(img.get("height")), where)
+            if size is None:
+                continue
+            width, height = size
             regions = []
             for ann_where, ann in by_image.get(image_id, ()):
                 try:

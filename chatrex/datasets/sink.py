@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from .files import image_size
 from .schema import validate_record
 
 MAX_PRINTED_BAD = 20
@@ -141,6 +142,20 @@ class RecordSink:
             if n == MAX_PRINTED_BAD:
                 self._bar.write("chatrex data import: (further bad rows are only counted and listed in the .bad.jsonl file)",
                                 file=sys.stderr)
+
+    def image_size(self, path: str, exists: bool, width, height, where: str) -> tuple | None:
+        """The image's ``(width, height)``: as the source gives them, else read from the file's
+        header. A missing file is counted (its record is kept); an unreadable one is a bad row
+        and gives ``None``."""
+        if not exists:
+            self.note("image files not found")
+        elif width is None or height is None:
+            try:
+                return image_size(path)
+            except ValueError as err:
+                self.bad(where, f"{path}: {err}", "unreadable image")
+                return None
+        return width, height
 
     def write(self, record: dict, where: str, sentences: int = 0) -> bool:
         """Validate and write one record; an invalid record is a bad row (returns False)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from .boxes import checked_box, xywh_to_xyxy
-from .files import first_existing, image_size
+from .files import first_existing
 from .jsonstream import iter_json_array
 from .sink import BadRow, ImportSummary, RecordSink
 
@@ -70,14 +70,10 @@ def import_vg(regions_json: str, images: str, out: str, *, image_data: str | Non
             where += f" (image {image_id!r})"
             path, exists = first_existing([os.path.join(images, d, f"{image_id}.jpg") for d in IMAGE_FOLDERS])
             width, height, coco_id = sizes.get(image_id, (None, None, None))
-            if not exists:
-                sink.note("image files not found")
-            elif width is None:
-                try:
-                    width, height = image_size(path)
-                except ValueError as err:
-                    sink.bad(where, f"{path}: {err}", "unreadable image")
-                    continue
+            size = sink.image_size(path, exists, width, height, where)
+            if size is None:
+                continue
+            width, height = size
             regions = []
             for j, r in enumerate(entry["regions"]):
                 try:

@@ -85,6 +85,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_description(args) -> dict:
+    """The model part of a run's identity: a folder by its absolute path, a bundled model by name."""
+    def where(path):
+        return os.path.abspath(path) if path and os.path.exists(path) else path
+
+    return {"model": where(args.model), "upn": where(args.upn), "dtype": args.dtype, "device_type": args.device.split(":")[0]}
+
+
+def _check_flags(args) -> None:
+    """Range errors in the user's words (the flags), before the protocol's own checks."""
+    checks = [
+        (0.0 <= args.min_score <= 1.0, f"--min-score must be in [0, 1], got {args.min_score}"),
+        (1 <= args.max_proposals <= 100, f"--max-proposals must be in [1, 100] (the model has 100 object tokens), got {args.max_proposals}"),
+        (args.nms is None or 0.0 < args.nms <= 1.0, f"--nms must be an IoU in (0, 1] or none, got {args.nms}"),
+        (args.score_decimals is None or 0 <= args.score_decimals <= 6, f"--score-decimals must be in [0, 6] or none, got {args.score_decimals}"),
+        (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
+        (args.num_processes >= 1, f"--num-processes must be >= 1, got {args.num_processes}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise BenchError(message)
+
+
 def _proposals(args) -> ProposalProtocol:
     return ProposalProtocol(prompt=args.proposal_prompt, min_score=args.min_score, max_proposals=args.max_proposals, nms_iou=args.nms,
                             score_decimals=args.score_decimals)
@@ -151,8 +175,13 @@ def _infer_dataset_split(args) -> None:
 
     m = re.search(r"(refcocog|refcoco\+|refcoco)_(val|testA|testB|test|train)\.(json|jsonl)$", os.path.basename(args.src))
     if m:
-        args.dataset = args.dataset or m.group(1)
-        args.split = args.split or m.group(2)
+        for flag, named in (("dataset", m.group(1)), ("split", m.group(2))):
+            given = getattr(args, flag)
+            if given is not None and given != named:  # e.g. --split testA on finetune_refcoco_val.json
+                raise BenchError(f"--{flag} {given} contradicts the file name {os.path.basename(args.src)} ({named})")
+            setattr(args, flag, named)
+    if os.path.isdir(args.src) and args.format != "refer":
+        raise BenchError(f"{args.src} is a folder: give one split's file, or --all-splits for the 8 standard splits")
     if args.format == "refer" and (args.dataset is None or args.split is None):
         raise BenchError("--format refer needs --dataset and --split (or --all-splits)")
 
@@ -181,10 +210,12 @@ def _spawn(argv: list[str], n: int) -> int:
 
 def _print_result(title: str, protocol, metrics: dict) -> None:
     print(f"== {title}")
+    model = metrics.get("model", {})
+    print(f"model: {model.get('model')}" + (f" (upn {model['upn']})" if model.get("upn") else ""))
     print(describe(protocol))
     print("-" * 40)
     for k, v in metrics.items():
-        if k == "protocol":
+        if k in ("protocol", "model"):
             continue
         print(f"{k:<22} {v:.4f}" if isinstance(v, float) else f"{k:<22} {v}")
 
@@ -212,7 +243,7 @@ def _detection(args, ph: Phases) -> int:
     gt = detection.load_ground_truth(args.ann, args.images, args.benchmark, args.limit)
     timer = args.timer
     if ph.prepare:
-        runner.prepare_out_dir(args.out, runner.run_description(protocol, args.limit, args.images), args.overwrite)
+        runner.prepare_out_dir(args.out, runner.run_description(protocol, args.images, _model_description(args)), args.overwrite)
     ph.barrier()
     if ph.work:
         runner.check_images(t.path for t in runner.shard(gt.images, ph.rank, ph.world))
@@ -228,11 +259,11 @@ def _detection(args, ph: Phases) -> int:
 
 def _rec_one(args, fmt, src, dataset, split, out, ph: Phases, answerer_cache: dict) -> dict | None:
     split_by = args.split_by or (rec.SPLIT_BY.get(dataset) if fmt == "refer" and dataset else None)
-    protocol = RecProtocol(dataset=dataset or "refcoco", split=split, source_format=fmt, source=os.path.abspath(src), proposals=_proposals(args))
+    protocol = RecProtocol(dataset=dataset, split=split, source_format=fmt, source=os.path.abspath(src), proposals=_proposals(args))
     sentences = _sentences(fmt, src, args.images, dataset, split, split_by, args.limit)
     timer = args.timer
     if ph.prepare:
-        runner.prepare_out_dir(out, runner.run_description(protocol, args.limit, args.images), args.overwrite)
+        runner.prepare_out_dir(out, runner.run_description(protocol, args.images, _model_description(args)), args.overwrite)
     ph.barrier()
     if ph.work:
         runner.check_images(g[0].image for g in runner.shard(rec.group_by_image(sentences), ph.rank, ph.world))
@@ -253,9 +284,14 @@ def _rec(args, ph: Phases) -> int:
     if not args.all_splits:
         _rec_one(args, args.format, args.src, args.dataset, args.split, args.out, ph, cache)
         return 0
+    if not os.path.isdir(args.src):
+        raise BenchError(f"--all-splits reads a folder of sources; {args.src} is not a folder")
+    sources = {(d, s): _rec_source(args.format, args.src, d, s) for d, s in rec.STANDARD_SPLITS}
+    missing = [p for p in sources.values() if not os.path.isfile(p)]
+    if missing:  # before hours of the first splits, not after
+        raise BenchError(f"--all-splits: {len(missing)} of {len(sources)} split files missing, e.g. {missing[0]}")
     table = {}
-    for dataset, split in rec.STANDARD_SPLITS:
-        src = _rec_source(args.format, args.src, dataset, split)
+    for (dataset, split), src in sources.items():
         metrics = _rec_one(args, args.format, src, dataset, split, os.path.join(args.out, f"{dataset}_{split}"), ph, cache)
         if metrics is not None:
             table[f"{dataset} {split}"] = {k: metrics[k] for k in ("acc@0.5", "proposal_ceiling", "sentences")}
@@ -291,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, local_rank = _rank_world()
     run = _detection if args.kind == "detection" else _rec
     try:
-        if args.num_processes < 1:
-            raise BenchError(f"--num-processes must be >= 1, got {args.num_processes}")
-        if args.batch_size < 1:
-            raise BenchError(f"--batch-size must be >= 1, got {args.batch_size}")
+        _check_flags(args)
         if args.kind == "rec" and not args.all_splits:
             _infer_dataset_split(args)
         with _output_policy(args.verbose):

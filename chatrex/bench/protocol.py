@@ -72,7 +72,8 @@ class DetectionProtocol:
 class RecProtocol:
     """RefCOCO / RefCOCO+ / RefCOCOg referring expression comprehension."""
 
-    dataset: str
+    dataset: str | None
+    """refcoco, refcoco+ or refcocog; ``None`` when neither the flags nor the file name say."""
     split: str | None
     source_format: str
     source: str

@@ -37,9 +37,17 @@ def write_json_atomic(path: str, data) -> None:
     os.replace(tmp, path)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def prepare_out_dir(out_dir: str, run: dict, overwrite: bool = False) -> None:
-    """Create ``out_dir`` for ``run`` (protocol plus data selection), or check that the run it
-    holds is the same one, so that a resumed run never mixes two protocols."""
+    """Create ``out_dir`` for ``run`` (protocol, model and data), or check that the run it
+    holds is the same one, so that a resumed run never mixes two protocols or two models.
+    A folder whose run predicted nothing yet (e.g. it stopped on a wrong path) is reused."""
     path = os.path.join(out_dir, PROTOCOL_FILE)
     if overwrite and os.path.isdir(out_dir):
         for name in ("parts", PROTOCOL_FILE, "metrics.json", "results.json", "predictions.jsonl"):
@@ -48,21 +56,28 @@ def prepare_out_dir(out_dir: str, run: dict, overwrite: bool = False) -> None:
                 shutil.rmtree(target)
             elif os.path.exists(target):
                 os.remove(target)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise BenchError(f"--out {out_dir} is a file; give a folder")
     os.makedirs(out_dir, exist_ok=True)
-    if os.path.isfile(path):
+    has_parts = any(os.path.getsize(p) > 0 for p in part_files(out_dir))
+    if os.path.isfile(path) and has_parts:
         with open(path) as f:
-            stored = json.load(f)
-        if stored != run:
-            diff = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
-            raise BenchError(f"{out_dir} holds a run with other settings ({', '.join(diff)}); use another --out, or --overwrite to start again")
-    elif part_files(out_dir):
+            stored = _flat(json.load(f))
+        now = _flat(run)
+        diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
+            raise BenchError(f"{out_dir} holds predictions of another run ({shown}); use another --out, or --overwrite to start again")
+    elif has_parts:
         raise BenchError(f"{out_dir} has predictions but no {PROTOCOL_FILE}; use another --out, or --overwrite")
     else:
         write_json_atomic(path, run)
 
 
-def run_description(protocol, limit: int | None, images_dir: str) -> dict:
-    return {"protocol": as_dict(protocol), "limit": limit, "images": os.path.abspath(images_dir)}
+def run_description(protocol, images_dir: str, model: dict | None = None) -> dict:
+    """What makes two runs' predictions interchangeable: the protocol, the model and the
+    images. ``--limit`` is not part of it: a longer run reuses a shorter one's predictions."""
+    return {"protocol": as_dict(protocol), "model": model or {}, "images": os.path.abspath(images_dir)}
 
 
 def check_images(paths) -> None:
@@ -118,7 +133,7 @@ def finalize_detection(gt: detection.GroundTruth, protocol: DetectionProtocol, o
     lines = [lines_by_key[str(t.image_id)] for t in gt.images]
     metrics, results = detection.finalize(lines, gt, protocol)
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    metrics |= {"protocol": as_dict(protocol), "seconds": round(seconds, 1)}
+    metrics |= {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 
@@ -141,6 +156,11 @@ def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str
     return count
 
 
+def _stored_model(out_dir: str) -> dict:
+    with open(os.path.join(out_dir, PROTOCOL_FILE)) as f:
+        return json.load(f).get("model", {})
+
+
 PREDICTION_KEYS = ("id", "image_id", "box", "iou", "correct")
 
 
@@ -155,7 +175,7 @@ def finalize_rec(sentences: list, protocol: RecProtocol, out_dir: str, seconds: 
         for ln in lines:
             f.write(json.dumps({k: ln[k] for k in PREDICTION_KEYS}) + "\n")
     os.replace(tmp, os.path.join(out_dir, "predictions.jsonl"))
-    metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "seconds": round(seconds, 1)}
+    metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 

@@ -84,7 +84,7 @@ def run(ann, images, out, answers, mode="per-category", rank=0, world=1):
     gt = detection.load_ground_truth(ann, images, "coco")
     answerer = FakeAnswerer(answers)
     if rank == 0:
-        runner.prepare_out_dir(out, runner.run_description(protocol, None, images))
+        runner.prepare_out_dir(out, runner.run_description(protocol, images))
     runner.run_detection_shard(answerer, gt, protocol, out, rank, world, progress=False)
     return protocol, gt, answerer
 
@@ -170,7 +170,7 @@ def test_a_folder_from_another_protocol_is_refused(coco, tmp_path):
     run(ann, images, out, PER_CATEGORY)
     other = DetectionProtocol(dataset="coco", annotations=ann, prompt_mode="joint")
     with pytest.raises(runner.BenchError, match="prompt_mode|protocol"):
-        runner.prepare_out_dir(out, runner.run_description(other, None, images))
+        runner.prepare_out_dir(out, runner.run_description(other, images))
 
 
 def test_lvis_rules_ignore_unverified_and_not_exhaustive_categories(tmp_path):
@@ -239,9 +239,46 @@ def test_batched_proposals_give_the_same_predictions(coco, tmp_path):
     out = {}
     for batch in (1, 2):
         out[batch] = str(tmp_path / f"b{batch}")
-        runner.prepare_out_dir(out[batch], runner.run_description(protocol, None, images))
+        runner.prepare_out_dir(out[batch], runner.run_description(protocol, images))
         answerer = BatchingFakeAnswerer(PER_CATEGORY) if batch > 1 else FakeAnswerer(PER_CATEGORY)
         runner.run_detection_shard(answerer, gt, protocol, out[batch], progress=False, batch_size=batch)
     assert answerer.batches == [["five.png", "seven.png"]]
     first, second = (runner.finalize_detection(gt, protocol, out[b], seconds=0.0) for b in (1, 2))
     assert first == second
+
+
+def test_another_model_in_the_same_folder_is_refused_and_an_empty_run_is_reused(coco, tmp_path):
+    ann, images = coco
+    protocol = DetectionProtocol(dataset="coco", annotations=ann)
+    out = str(tmp_path / "out")
+    tiny = runner.run_description(protocol, images, {"model": "chatrex-tiny"})
+    big = runner.run_description(protocol, images, {"model": "/models/chatrex-7b"})
+    runner.prepare_out_dir(out, tiny)
+    runner.prepare_out_dir(out, big)  # nothing predicted yet (e.g. a wrong --images): the folder is free
+    with runner.PartWriter(out) as w:
+        w.append({"key": "5"})
+    with pytest.raises(runner.BenchError, match=r"model.model: '/models/chatrex-7b' -> 'chatrex-tiny'"):
+        runner.prepare_out_dir(out, tiny)
+
+
+def test_a_longer_limit_reuses_the_predictions_of_a_shorter_one(coco, tmp_path):
+    ann, images = coco
+    out = str(tmp_path / "out")
+    protocol, _, _ = run(ann, images, out, PER_CATEGORY)
+    first = detection.load_ground_truth(ann, images, "coco", limit=1)
+    assert runner.finalize_detection(first, protocol, out, seconds=0.0)["images"] == 1
+    both = detection.load_ground_truth(ann, images, "coco")
+    answerer = FakeAnswerer(PER_CATEGORY)
+    assert runner.run_detection_shard(answerer, both, protocol, out, progress=False) == 0 and answerer.asked == []
+
+
+@pytest.mark.parametrize("flag, value, message", [("--max-proposals", "200", "--max-proposals must be in [1, 100]"),
+                                                  ("--nms", "2", "--nms must be an IoU in (0, 1] or none"),
+                                                  ("--min-score", "-1", "--min-score must be in [0, 1]")])
+def test_bad_knobs_are_named_by_their_flags(coco, tmp_path, capsys, flag, value, message):
+    from chatrex.cli import main
+
+    ann, images = coco
+    assert main(["bench", "coco", "--ann", ann, "--images", images, "--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "o").exists()

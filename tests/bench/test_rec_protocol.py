@@ -45,7 +45,7 @@ def test_accuracy_on_the_first_box_and_the_proposal_ceiling(mdetr, tmp_path):
     assert [s.sent_id for s in sentences] == [100, 101, 102] and sentences[1].box == B and sentences[0].image_id == 5
     protocol = RecProtocol(dataset="refcoco", split="val", source_format="mdetr", source=src)
     out = str(tmp_path / "out")
-    runner.prepare_out_dir(out, runner.run_description(protocol, None, images))
+    runner.prepare_out_dir(out, runner.run_description(protocol, images))
     fake = FakeAnswerer(ANSWERS)
     runner.run_rec_shard(fake, sentences, protocol, out, progress=False)
     m = runner.finalize_rec(sentences, protocol, out, seconds=1.0)
@@ -67,3 +67,16 @@ def test_sentences_of_one_image_are_one_group():
 
     groups = rec.group_by_image([S("a"), S("b"), S("a")])
     assert [[s.image for s in g] for g in groups] == [["a", "a"], ["b"]]
+
+
+def test_all_splits_checks_every_file_before_the_first_split(mdetr, tmp_path, capsys):
+    from chatrex.cli import main
+
+    src, images = mdetr  # a folder with finetune_refcoco_val.json only
+    folder = str(tmp_path)
+    code = main(["bench", "refcoco", "--format", "mdetr", folder, "--all-splits", "--images", images, "--out", str(tmp_path / "o")])
+    assert code == 2 and "7 of 8 split files missing" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    code = main(["bench", "refcoco", "--format", "mdetr", folder, "--images", images, "--out", str(tmp_path / "o")])
+    assert code == 2 and "--all-splits" in capsys.readouterr().err
+    code = main(["bench", "refcoco", "--format", "mdetr", src, "--split", "testA", "--images", images, "--out", str(tmp_path / "o")])
+    assert code == 2 and "--split testA contradicts the file name finetune_refcoco_val.json" in capsys.readouterr().err

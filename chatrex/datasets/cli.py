@@ -8,6 +8,7 @@ one line ``chatrex data import: error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -147,6 +148,24 @@ def _run(args):
     return import_vg(args.regions, args.images, args.out, image_data=args.image_data, strict=strict, progress=progress)
 
 
+# The source files each format reads (never to be overwritten by --out).
+INPUT_FLAGS = ("ann", "json", "src", "regions", "image_data")
+
+
+def _check_paths(args) -> str | None:
+    """Mistakes worth refusing before reading gigabytes: --out is a folder or is a source file."""
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        return f"--out {args.out} is a folder; give the records file to write, e.g. {os.path.join(args.out, 'records.jsonl')}"
+    inputs = [getattr(args, f, None) for f in INPUT_FLAGS]
+    if args.format_name == "rexverse":
+        inputs.append(args.images)
+    for path in inputs:
+        if isinstance(path, str) and os.path.abspath(path) == out:
+            return f"--out {args.out} is the source file; write the records elsewhere"
+    return None
+
+
 def _one_line(text) -> str:
     return " ".join(str(text).split())
 
@@ -164,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return leakage.run(args)
     if getattr(args, "format_name", None) is None:
         parser.import_parser.print_help(sys.stderr)
+        return 2
+    problem = _check_paths(args)
+    if problem:
+        print(f"chatrex data import: error: {problem}", file=sys.stderr)
         return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

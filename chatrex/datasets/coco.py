@@ -31,6 +31,8 @@ from .sink import ImportSummary, RecordSink
 
 def load_json_file(path: str) -> object:
     """``json.load`` with errors that name the file (ValueError) or say it is missing."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is a folder; give the JSON file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -51,6 +53,12 @@ def load_coco_json(path: str) -> dict:
         if not isinstance(data.setdefault(key, []), list):
             raise ValueError(f"{path}: '{key}' must be a list")
     return data
+
+
+def _looks_like_lvis(data: dict) -> bool:
+    cats, imgs = data.get("categories") or [], data.get("images") or []
+    return bool(cats) and all(isinstance(c, dict) and "frequency" in c for c in cats[:10]) or (
+        bool(imgs) and all(isinstance(i, dict) and "coco_url" in i and "file_name" not in i for i in imgs[:10]))
 
 
 def is_objects365(ann_path: str) -> bool:
@@ -188,6 +196,9 @@ def import_coco(ann: str, images: str, out: str, *, objects365: bool | None = No
     if not os.path.isdir(images):
         raise FileNotFoundError(f"{images}: no such image folder")
     data = load_coco_json(ann)
+    if _looks_like_lvis(data):
+        raise ValueError(f"{ann}: an LVIS file (categories with 'frequency', images with coco_url only); "
+                         f"use chatrex data import lvis")
     if objects365 is None:
         objects365 = is_objects365(ann)
     images = os.path.abspath(images)

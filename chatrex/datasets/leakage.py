@@ -191,6 +191,17 @@ def _error(message: str) -> int:
     return 2
 
 
+def _records_only(rows, path: str):
+    """Rows of a records file; a row that is not a record (e.g. a raw COCO JSON passed as
+    --train) stops the command instead of being copied as one."""
+    for number, row in rows:
+        if not isinstance(row, dict) or not ({"image", "conversations"} & set(row)):
+            keys = sorted(row)[:6] if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{path}:{number}: not a record (no 'image' or 'conversations'; found {keys}); "
+                             f"import the dataset first with chatrex data import")
+        yield row
+
+
 def run(args: argparse.Namespace) -> int:
     """``chatrex data filter-leakage``: exit status 0, or 2 with one line on stderr."""
     if not os.path.isfile(args.train):
@@ -203,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         heldout = heldout_image_ids(args.exclude)
         os.makedirs(dst_dir, exist_ok=True)
-        kept = filter_records(read_jsonl(args.train), heldout)
+        kept = filter_records(_records_only(read_jsonl(args.train, line_numbers=True), args.train), heldout)
         with open(tmp, "w", encoding="utf-8") as f:
             for record in kept:
                 f.write(json.dumps(_rebase_image(record, src_dir, dst_dir), ensure_ascii=False) + "\n")

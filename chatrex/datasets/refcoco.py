@@ -40,6 +40,9 @@ def _iter(fmt: str, src: str, images: str, dataset: str | None, split: str | Non
     g_dataset, g_split, g_split_by = guess_dataset_split(src)
     dataset = dataset or g_dataset
     if fmt != "refer":  # a refer pickle holds every split; its file name says nothing
+        for flag, given, named in (("dataset", dataset, g_dataset), ("split", split, g_split)):
+            if given is not None and named is not None and given != named:  # relabelling val as testA
+                raise ValueError(f"--{flag} {given} contradicts the file name {os.path.basename(src)} ({named})")
         split = split or g_split
     split_by = split_by or g_split_by
     meta.update(dataset=dataset, split=split, split_by=split_by)
@@ -118,6 +121,8 @@ def import_refcoco(fmt: str, src: str, images: str, out: str, *, dataset: str | 
     with RecordSink(out, guessed, strict=strict, progress=progress, unit="sent") as sink:
         for s in _iter(fmt, src, images, guessed, split, split_by, sink.bad, meta):
             sink.tick()
+            if fmt == "refer" and split is None:  # say so: a training file would hold val/test sentences
+                sink.note(f"no --split: {s.split} sentences kept")
             key = (type(s.image_id).__name__, s.image_id)
             if key not in groups:
                 width, height = _record_size(s)

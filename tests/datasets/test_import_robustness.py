@@ -132,3 +132,30 @@ def test_json_array_stream_across_chunk_boundaries(tmp_path):
     (tmp_path / "cut.json").write_text('[{"a": 1}, {"b": ')
     with pytest.raises(ValueError, match="element 1: not valid JSON"):
         list(iter_json_array(tmp_path / "cut.json", chunk_size=4))
+
+
+def test_mistakes_a_user_makes_are_refused_before_any_work(tmp_path, run_import, capsys):
+    lvis = ts.write_lvis(str(tmp_path / "lvis"))
+    rc, _, _ = run_import("coco", "--ann", lvis["ann"], "--images", lvis["images"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "an LVIS file" in err and "use chatrex data import lvis" in err
+    llava = ts.write_llava(str(tmp_path / "llava"))
+    from chatrex.datasets.cli import main
+
+    rc = main(["import", "llava", "--json", llava["json"], "--images", llava["images"], "--out", llava["json"], "--no-progress"])
+    assert rc == 2 and "is the source file" in capsys.readouterr().err
+    assert json.load(open(llava["json"]))  # the download is untouched
+    rc = main(["import", "llava", "--json", llava["json"], "--images", llava["images"], "--out", str(tmp_path), "--no-progress"])
+    assert rc == 2 and "is a folder" in capsys.readouterr().err
+    coco = ts.write_coco(str(tmp_path / "coco"))
+    rc, _, _ = run_import("coco", "--ann", os.path.dirname(coco["ann"]), "--images", coco["images"])
+    assert rc == 2 and "is a folder; give the JSON file" in capsys.readouterr().err
+
+
+def test_a_split_that_contradicts_the_file_name_is_refused_and_refer_without_split_says_so(tmp_path, run_import, capsys):
+    mdetr = ts.write_mdetr(str(tmp_path / "m"), "refcoco", "val")
+    rc, _, _ = run_import("refcoco", "--format", "mdetr", mdetr["src"], "--split", "testA", "--images", mdetr["images"])
+    assert rc == 2 and "--split testA contradicts the file name" in capsys.readouterr().err
+    refer = ts.write_refer(str(tmp_path / "r"))
+    rc, records, _ = run_import("refcoco", "--format", "refer", refer["pickle"], "--dataset", "refcoco", "--images", refer["images"])
+    assert rc == 0 and "no --split: train sentences kept" in capsys.readouterr().out

@@ -319,10 +319,14 @@ def test_filter_leakage_command(imported, tmp_path, capsys):
     assert capsys.readouterr().err == "chatrex data filter-leakage: error: evaluation record file '/nope.jsonl' does not exist\n"
     assert _cli(["filter-leakage", "--train", imported["coco"], "--exclude", imported["lvis"], "--out", imported["coco"]]) == 2
     torn = tmp_path / "torn.jsonl"
-    torn.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
+    torn.write_text('{"image": "a.png"}\nnot json\n{"image": "b.png"}\n')
     assert _cli(["filter-leakage", "--train", str(torn), "--exclude", imported["lvis"], "--out", str(tmp_path / "t.jsonl")]) == 2
     assert "torn.jsonl:2: not valid JSON" in capsys.readouterr().err and not (tmp_path / "t.jsonl.tmp").exists()
     assert [r["id"] for r in _records(out)] == [r["id"] for r in kept]  # the earlier output is untouched
+    raw = tmp_path / "instances.json"  # a source file passed where records belong
+    raw.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    assert _cli(["filter-leakage", "--train", str(raw), "--exclude", imported["lvis"], "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "instances.json:1: not a record" in capsys.readouterr().err and not (tmp_path / "r.jsonl").exists()
 
 
 # -- training on a mixture with the leakage filter --------------------------------------------

@@ -70,7 +70,14 @@ def _sub(subs, name: str, help_text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Dataset tools: import public datasets into records (docs/records.md), and keep evaluation images out of training.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Dataset tools: import public datasets into records (docs/records.md), and keep evaluation images out of training.",
+                                     formatter_class=_FMT, epilog="""examples:
+  chatrex data import coco --ann annotations/instances_val2017.json --images coco/val2017 --out data/coco_val2017.jsonl
+  chatrex data import refcoco --format mdetr mdetr_annotations/finetune_refcoco_val.json --images coco/train2014 --out data/refcoco_val.jsonl
+  chatrex data filter-leakage --train data/coco_train2017.jsonl --exclude data/refcoco_val.jsonl --out data/coco_train_clean.jsonl
+
+formats: coco (also Objects365), lvis, refcoco, llava, rexverse, vg; `chatrex data import FORMAT --help`
+shows each one's flags and examples. Where to download them: docs/benchmarks.md.""")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     imp = commands.add_parser("import", help="convert a public dataset to records (JSONL, pixel xyxy boxes, original ids kept)",
                               description="Convert a public dataset to records (docs/records.md, section 'Imported datasets').")

@@ -118,9 +118,12 @@ def run_detection_shard(answerer, gt: detection.GroundTruth, protocol: Detection
     todo = [t for t in shard(gt.images, rank, world) if str(t.image_id) not in done]
     bar = tqdm(total=len(todo), desc=f"bench {protocol.dataset}" + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress,
                unit="img", position=rank if world > 1 else None)
+    clock = time.perf_counter()
     with PartWriter(out_dir, rank, world) as writer, bar:
         for truth, image, props in with_proposals(answerer, todo, lambda t: t.path, batch_size):
-            writer.append(detection.run_image(answerer, truth, gt, protocol, image, props))
+            line = detection.run_image(answerer, truth, gt, protocol, image, props)
+            clock, line["seconds"] = _lap(clock)
+            writer.append(line)
             bar.update()
     return len(todo)
 
@@ -133,7 +136,8 @@ def finalize_detection(gt: detection.GroundTruth, protocol: DetectionProtocol, o
     lines = [lines_by_key[str(t.image_id)] for t in gt.images]
     metrics, results = detection.finalize(lines, gt, protocol)
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
-    metrics |= {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1)}
+    metrics |= {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1),
+                "predict_seconds": _predict_seconds(lines)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 
@@ -148,12 +152,28 @@ def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str
     bar = tqdm(total=len(groups), desc=f"bench {protocol.dataset} {protocol.split or ''}".rstrip() + (f" [{rank + 1}/{world}]" if world > 1 else ""),
                disable=not progress, unit="img", position=rank if world > 1 else None)
     with PartWriter(out_dir, rank, world) as writer, bar:
+        clock = time.perf_counter()
         for group, image, props in with_proposals(answerer, groups, lambda g: g[0].image, batch_size):
-            for line in rec.run_image(answerer, group, protocol, image, done, props):
+            lines = rec.run_image(answerer, group, protocol, image, done, props)
+            clock, seconds = _lap(clock)
+            for line in lines:
+                line["seconds"] = round(seconds / len(lines), 3)
                 writer.append(line)
                 count += 1
             bar.update()
     return count
+
+
+def _lap(start: float) -> tuple[float, float]:
+    """``(now, seconds since start)``: the time one item took, loading and proposals included."""
+    now = time.perf_counter()
+    return now, round(now - start, 3)
+
+
+def _predict_seconds(lines: list[dict]) -> float:
+    """Process time spent predicting these items, over every run and process that did them
+    (``seconds`` is only this command's wall time, short for a resumed run)."""
+    return round(sum(ln.get("seconds", 0.0) for ln in lines), 1)
 
 
 def _stored_model(out_dir: str) -> dict:
@@ -175,7 +195,8 @@ def finalize_rec(sentences: list, protocol: RecProtocol, out_dir: str, seconds: 
         for ln in lines:
             f.write(json.dumps({k: ln[k] for k in PREDICTION_KEYS}) + "\n")
     os.replace(tmp, os.path.join(out_dir, "predictions.jsonl"))
-    metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1)}
+    metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1),
+                                               "predict_seconds": _predict_seconds(lines)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
 

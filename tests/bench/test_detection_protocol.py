@@ -24,6 +24,11 @@ PROPOSALS = {
 }
 
 
+def timeless(metrics: dict) -> dict:
+    """Metrics without the two timings, which differ from run to run."""
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "predict_seconds")}
+
+
 def xywh(b):
     return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
 
@@ -161,7 +166,7 @@ def test_two_shards_resume_after_a_torn_line_without_duplicates(coco, tmp_path):
     lines = [json.loads(x) for x in open(part1)]
     assert [ln["key"] for ln in lines] == ["7"]
     got = runner.finalize_detection(gt, protocol, out, seconds=0.0)
-    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+    assert timeless(got) == timeless(expected) and got["predict_seconds"] >= 0
 
 
 def test_a_folder_from_another_protocol_is_refused(coco, tmp_path):
@@ -244,7 +249,7 @@ def test_batched_proposals_give_the_same_predictions(coco, tmp_path):
         runner.run_detection_shard(answerer, gt, protocol, out[batch], progress=False, batch_size=batch)
     assert answerer.batches == [["five.png", "seven.png"]]
     first, second = (runner.finalize_detection(gt, protocol, out[b], seconds=0.0) for b in (1, 2))
-    assert first == second
+    assert timeless(first) == timeless(second)
 
 
 def test_another_model_in_the_same_folder_is_refused_and_an_empty_run_is_reused(coco, tmp_path):

@@ -60,8 +60,10 @@ def load_image(path) -> Image.Image:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a readable image (including decompression-bomb sized images).
+        ValueError: a folder, or not a readable image (including decompression-bomb sized images).
     """
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:

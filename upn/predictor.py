@@ -35,6 +35,9 @@ class UPNPredictor:
                         image_config: ImageConfig | None = None) -> "UPNPredictor":
         """Load a saved folder (``config.json`` + ``model.safetensors``) or an official
         ``upn_large.pth`` checkpoint (converted in memory by ``upn.convert``)."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"UPN weights {os.fspath(path)!r} do not exist: give a folder with config.json and "
+                                    f"model.safetensors, or the official upn_large.pth / upn_tiny.pth file")
         if os.path.isfile(path):
             from .convert import load_official_checkpoint
 

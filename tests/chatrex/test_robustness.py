@@ -131,3 +131,18 @@ def test_predictor_is_public_api():
     import chatrex
 
     assert chatrex.ChatRexPredictor is ChatRexPredictor and "ChatRexPredictor" in chatrex.__all__
+
+
+def test_a_folder_given_as_an_image_says_so(tmp_path, capsys):
+    from chatrex.cli import main
+
+    assert main(["detect", str(tmp_path), "car"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path} is a folder, not an image file" in err
+
+
+def test_missing_upn_weights_say_they_do_not_exist(tmp_path):
+    from upn import UPNPredictor
+
+    with pytest.raises(FileNotFoundError, match="upn_large.pth' do not exist"):
+        UPNPredictor.from_pretrained(tmp_path / "upn_large.pth")

@@ -110,6 +110,20 @@ class Answer:
         return ParsedAnswer(self.text, self.spans).boxes
 
 
+def _history_turns(history) -> list[tuple[dict, dict]]:
+    """``[(user message, assistant message), ...]`` from ``(question, answer)`` pairs."""
+    turns = []
+    for i, pair in enumerate(history or []):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"history[{i}] must be a (question, answer) pair, got {pair!r}")
+        question, answer = pair
+        answer = answer.raw if isinstance(answer, Answer) else answer
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise ValueError(f"history[{i}]: question and answer must be strings (or an Answer), got {pair!r}")
+        turns.append(({"role": "user", "content": question}, {"role": "assistant", "content": answer}))
+    return turns
+
+
 @dataclass
 class Detection:
     """Boxes (pixel xyxy, original image) the model retrieved for ``phrase``, with their
@@ -294,12 +308,20 @@ class ChatRexPredictor:
         """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""
         return int(self.model.config.text_config.max_position_embeddings)
 
-    def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None) -> str:
+    def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None,
+                  history=None) -> str:
         cache = self._require()
         budget = _check_max_new_tokens(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         objects = object_features if object_features is not None else cache.object_features
         k = num_boxes if num_boxes is not None else len(cache.boxes)
-        ids, _ = self.processor.encode_sample([{"role": "user", "content": question}], num_boxes=k, has_image=True, add_generation_prompt=True)
+        turns = _history_turns(history)
+        while True:
+            messages = [m for pair in turns for m in pair] + [{"role": "user", "content": question}]
+            ids, _ = self.processor.encode_sample(messages, num_boxes=k, has_image=True, add_generation_prompt=True)
+            # Leave room for an answer; the oldest turns go first when the context is full.
+            if not turns or len(ids) + min(budget, 64) < self.context_length:
+                break
+            turns = turns[1:]
         if len(ids) >= self.context_length:
             raise InputTooLongError(len(ids), self.context_length)
         budget = min(budget, self.context_length - len(ids))
@@ -325,18 +347,25 @@ class ChatRexPredictor:
     def _parse(self, raw: str, boxes) -> ParsedAnswer:
         return parse_answer(raw, boxes, rules=self.prompts.answer_rules)
 
-    def ask(self, question: str, max_new_tokens: int | None = None, grounded: bool = False) -> Answer:
+    def ask(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Answer:
         """Free-form question about the current image; grounded phrases come back with boxes.
         ``grounded=True`` asks for a grounded answer in the words the model was trained with
         (the released models' "Answer the question in grounded format."; our models ground
         whenever they name an object).
+
+        ``history``: earlier turns about the same image, oldest first, as ``(question,
+        answer)`` pairs (an :class:`Answer` or its raw text with the ``<objN>`` markup). They go
+        into the prompt in the chat template's multi-turn format, so a follow-up ("and what
+        colour is it?") can refer to them; their box indices stay valid because the image and
+        its box list are the same. When the prompt would not leave room for an answer, the
+        oldest turns are dropped first.
 
         Raises :class:`InputTooLongError` (a ``ValueError``) when the question does not fit in
         the model's context."""
         if not question or not question.strip():
             raise ValueError("question is empty")
         question = (self.prompts.grounded_prefix if grounded else "") + question.strip()
-        raw = self._generate(question, max_new_tokens=max_new_tokens)
+        raw = self._generate(question, max_new_tokens=max_new_tokens, history=history)
         parsed = self._parse(raw, self._require().boxes.tolist())
         return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices)
 

@@ -146,3 +146,44 @@ def test_missing_upn_weights_say_they_do_not_exist(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="upn_large.pth' do not exist"):
         UPNPredictor.from_pretrained(tmp_path / "upn_large.pth")
+
+
+def _prompts_seen(predictor, monkeypatch) -> list[str]:
+    seen = []
+    generate = predictor.model.generate
+
+    def spy(**kwargs):
+        seen.append(predictor.processor.tokenizer.decode(kwargs["input_ids"][0]))
+        return generate(**kwargs)
+
+    monkeypatch.setattr(predictor.model, "generate", spy)
+    return seen
+
+
+def test_ask_with_history_puts_earlier_turns_first_in_the_prompt(predictor, image_path, monkeypatch):
+    from chatrex.predictor import Answer
+
+    predictor.set_image(Image.open(image_path))
+    seen = _prompts_seen(predictor, monkeypatch)
+    first = predictor.ask("find the red car")
+    predictor.ask("what colour is it?", history=[("find the red car", first)])
+    predictor.ask("what colour is it?", history=[("find the red car", "<ground>car</ground><objects><obj0></objects>")])
+    alone, follow_up, with_markup = seen
+    assert "what colour" not in alone
+    assert follow_up.index("find the red car") < follow_up.index("what colour is it?")
+    assert (first.raw or "") in follow_up and "<obj0>" in with_markup
+    assert isinstance(first, Answer)
+    with pytest.raises(ValueError, match=r"history\[0\] must be a \(question, answer\) pair"):
+        predictor.ask("what colour is it?", history=["find the red car"])
+
+
+def test_a_long_history_is_trimmed_from_the_oldest_turn(predictor, image_path, monkeypatch):
+    predictor.set_image(Image.open(image_path))
+    seen = _prompts_seen(predictor, monkeypatch)
+    long_turn = " ".join(["the red car"] * 60)
+    history = [(f"turn {i}: {long_turn}", "it is red") for i in range(40)]
+    predictor.ask("what colour is it?", history=history)
+    prompt = seen[-1]
+    assert "turn 0:" not in prompt and "turn 39:" in prompt and prompt.rstrip().count("what colour is it?") == 1
+    ids = predictor.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert len(ids) < predictor.context_length

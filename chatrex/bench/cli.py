@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 
+from ..cli import _one_line, _output_policy
 from . import detection, rec, runner
 from .protocol import CATEGORY_MODES, PROMPT_MODES, PROPOSAL_PROMPTS, DetectionProtocol, ProposalProtocol, RecProtocol, describe
 from .runner import BenchError
@@ -134,7 +135,7 @@ def _answerer(args, proposals: ProposalProtocol, local_rank: int, world: int):
         predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn, device=device, torch_dtype=args.dtype)
         return PredictorAnswerer(predictor, proposals)
     except (ValueError, RuntimeError, OSError) as err:
-        raise BenchError(" ".join(str(err).split())) from None
+        raise BenchError(_one_line(err)) from None
 
 
 def _sentences(fmt: str, src: str, images: str, dataset, split, split_by, limit):
@@ -143,7 +144,7 @@ def _sentences(fmt: str, src: str, images: str, dataset, split, split_by, limit)
     try:
         sentences = list(iter_sentences(fmt, src, images, dataset=dataset, split=split, split_by=split_by))
     except (OSError, ValueError, KeyError) as err:
-        raise BenchError(" ".join(str(err).split())) from None
+        raise BenchError(_one_line(err)) from None
     if limit is not None:
         sentences = sentences[:limit]
     if not sentences:
@@ -321,8 +322,6 @@ def _launcher_phases(rank: int, world: int, local_rank: int) -> Phases:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    from ..cli import _output_policy
-
     args.timer = runner.Timer()  # the whole command, workers included, for metrics.json "seconds"
     rank, world, local_rank = _rank_world()
     run = _detection if args.kind == "detection" else _rec
@@ -348,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatrex bench {args.benchmark}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # e.g. a protocol knob out of range
-        print(f"chatrex bench {args.benchmark}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"chatrex bench {args.benchmark}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,12 +8,12 @@ inside, COCO xywh only in ``results.json``.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..datasets.categories import coco_prompt_name, lvis_prompt_name
-from ..datasets.coco import coco_candidates
+from ..datasets.boxes import xywh_to_xyxy
+from ..datasets.coco import coco_candidates, load_coco_json
 from ..datasets.files import first_existing
 from ..datasets.lvis import lvis_candidates
 from ..evaluation.metrics import ClassCounts, detection_precision_recall, proposal_recall
@@ -42,14 +42,10 @@ class GroundTruth:
 def load_ground_truth(ann_path: str, images_dir: str, dataset: str, limit: int | None = None) -> GroundTruth:
     """Read a COCO or LVIS annotation file. Images keep the file's order; ``limit`` keeps the
     first N. Crowd annotations are kept apart (they are COCO's ignore regions)."""
-    try:
-        with open(ann_path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read annotations {ann_path}: {err}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{ann_path}: not a COCO/LVIS instances file (no {key!r} list)")
+    try:  # the importers' reader: the same errors for a missing file, a folder, or not COCO
+        data = load_coco_json(ann_path)
+    except OSError as err:
+        raise ValueError(str(err)) from None
     # The names the importers give prompts (chatrex data import), and the same image lookup.
     prompt_name = lvis_prompt_name if dataset == "lvis" else coco_prompt_name
     candidates = (lvis_candidates if dataset == "lvis" else coco_candidates)(images_dir)
@@ -70,8 +66,11 @@ def load_ground_truth(ann_path: str, images_dir: str, dataset: str, limit: int |
         cid = int(a["category_id"])
         if cid not in categories:
             raise ValueError(f"{ann_path}: annotation {a.get('id')!r} has unknown category_id {cid}")
-        x, y, w, h = (float(v) for v in a["bbox"])
-        (truth.crowd if a.get("iscrowd") else truth.boxes).setdefault(cid, []).append([x, y, x + w, y + h])
+        try:
+            box = xywh_to_xyxy(a.get("bbox"))
+        except ValueError as err:
+            raise ValueError(f"{ann_path}: annotation {a.get('id')!r}: {err}") from None
+        (truth.crowd if a.get("iscrowd") else truth.boxes).setdefault(cid, []).append(box)
     return GroundTruth(categories, list(images.values()))
 
 
@@ -105,7 +104,7 @@ def assign_groups(groups: list[tuple[str, list[int]]], asked: dict[int, str]) ->
     return dict(out), unmatched
 
 
-def questions(truth: ImageTruth, gt: GroundTruth, protocol: DetectionProtocol, template: str) -> list[dict[int, str]]:
+def questions(truth: ImageTruth, gt: GroundTruth, protocol: DetectionProtocol) -> list[dict[int, str]]:
     """The categories each question asks about, in category-id order (a fixed order, so a run
     is reproducible). gt-present: categories with a non-crowd box (a category present only as
     a crowd region has nothing to find)."""
@@ -123,7 +122,7 @@ def run_image(answerer, truth: ImageTruth, gt: GroundTruth, protocol: DetectionP
     template = answerer.prompts.detection["category"]
     boxes, scores = answerer.proposals(image) if proposals is None else proposals
     dets, raw_answers, unmatched = [], [], []
-    asked = questions(truth, gt, protocol, template)
+    asked = questions(truth, gt, protocol)
     for cats in asked:
         text = template.format(phrase=protocol.separator.join(cats.values()))
         raw, groups = answerer.answer(image, boxes, text)

@@ -19,6 +19,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from ..datasets.sink import write_json_atomic
 from . import detection, rec
 from .protocol import DetectionProtocol, RecProtocol, as_dict
 from .store import PartWriter, done_keys, part_files, read_parts
@@ -28,13 +29,6 @@ PROTOCOL_FILE = "protocol.json"
 
 class BenchError(ValueError):
     """A user-facing problem (bad input, a folder from another run): one line, exit code 2."""
-
-
-def write_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -105,6 +99,22 @@ def with_proposals(answerer, items: list, path_of, batch_size: int):
         yield from zip(chunk, images, props)
 
 
+def _bar(total: int, title: str, rank: int, world: int, progress: bool):
+    """One bar per process; with several, each on its own line, named by rank."""
+    return tqdm(total=total, desc=title + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress, unit="img",
+                position=rank if world > 1 else None)
+
+
+def _lines_in_order(out_dir: str, keys: list[str], what: str) -> list[dict]:
+    """The prediction line of every key, in ``keys``' order; a key without one means the run
+    has not finished."""
+    lines_by_key, _ = read_parts(out_dir)
+    missing = [k for k in keys if k not in lines_by_key]
+    if missing:
+        raise BenchError(f"{len(missing)} {what}(s) have no prediction yet (e.g. {what} {missing[0]}); run the same command again to finish")
+    return [lines_by_key[k] for k in keys]
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """Round-robin: item i goes to process i % world (neighbours spread, so shards finish together)."""
     return items[rank::world]
@@ -116,8 +126,7 @@ def run_detection_shard(answerer, gt: detection.GroundTruth, protocol: Detection
     """Predict this process's images that no part file holds yet; returns how many it did."""
     done = done_keys(out_dir)
     todo = [t for t in shard(gt.images, rank, world) if str(t.image_id) not in done]
-    bar = tqdm(total=len(todo), desc=f"bench {protocol.dataset}" + (f" [{rank + 1}/{world}]" if world > 1 else ""), disable=not progress,
-               unit="img", position=rank if world > 1 else None)
+    bar = _bar(len(todo), f"bench {protocol.dataset}", rank, world, progress)
     clock = time.perf_counter()
     with PartWriter(out_dir, rank, world) as writer, bar:
         for truth, image, props in with_proposals(answerer, todo, lambda t: t.path, batch_size):
@@ -129,11 +138,7 @@ def run_detection_shard(answerer, gt: detection.GroundTruth, protocol: Detection
 
 
 def finalize_detection(gt: detection.GroundTruth, protocol: DetectionProtocol, out_dir: str, seconds: float) -> dict:
-    lines_by_key, _ = read_parts(out_dir)
-    missing = [t.image_id for t in gt.images if str(t.image_id) not in lines_by_key]
-    if missing:
-        raise BenchError(f"{len(missing)} image(s) have no prediction yet (e.g. image_id {missing[0]}); run the same command again to finish")
-    lines = [lines_by_key[str(t.image_id)] for t in gt.images]
+    lines = _lines_in_order(out_dir, [str(t.image_id) for t in gt.images], "image")
     metrics, results = detection.finalize(lines, gt, protocol)
     write_json_atomic(os.path.join(out_dir, "results.json"), results)
     metrics |= {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1),
@@ -149,8 +154,7 @@ def run_rec_shard(answerer, sentences: list, protocol: RecProtocol, out_dir: str
     done = done_keys(out_dir)
     groups = [g for g in shard(rec.group_by_image(sentences), rank, world) if any(str(s.sent_id) not in done for s in g)]
     count = 0
-    bar = tqdm(total=len(groups), desc=f"bench {protocol.dataset} {protocol.split or ''}".rstrip() + (f" [{rank + 1}/{world}]" if world > 1 else ""),
-               disable=not progress, unit="img", position=rank if world > 1 else None)
+    bar = _bar(len(groups), f"bench {protocol.dataset} {protocol.split or ''}".rstrip(), rank, world, progress)
     with PartWriter(out_dir, rank, world) as writer, bar:
         clock = time.perf_counter()
         for group, image, props in with_proposals(answerer, groups, lambda g: g[0].image, batch_size):
@@ -185,11 +189,7 @@ PREDICTION_KEYS = ("id", "image_id", "box", "iou", "correct")
 
 
 def finalize_rec(sentences: list, protocol: RecProtocol, out_dir: str, seconds: float) -> dict:
-    lines_by_key, _ = read_parts(out_dir)
-    missing = [s.sent_id for s in sentences if str(s.sent_id) not in lines_by_key]
-    if missing:
-        raise BenchError(f"{len(missing)} sentence(s) have no prediction yet (e.g. id {missing[0]!r}); run the same command again to finish")
-    lines = [lines_by_key[str(s.sent_id)] for s in sentences]
+    lines = _lines_in_order(out_dir, [str(s.sent_id) for s in sentences], "sentence")
     tmp = os.path.join(out_dir, "predictions.jsonl.tmp")
     with open(tmp, "w") as f:
         for ln in lines:

@@ -53,22 +53,21 @@ def checked_box(xyxy: list[float], width: int | None, height: int | None) -> tup
     x1, y1, x2, y2 = xyxy
     if not (x2 > x1 and y2 > y1):
         raise BadBox("degenerate box", f"degenerate box {_fmt(xyxy)} (xyxy; needs x2 > x1 and y2 > y1)")
-    clipped = False
-    if width is not None:
-        if x1 < -BOX_SLACK or x2 > width + BOX_SLACK:
-            raise BadBox("box outside image", f"box {_fmt(xyxy)} (xyxy) outside image width {width}")
-        nx1, nx2 = max(x1, 0.0), min(x2, float(width))
-        clipped |= (nx1, nx2) != (x1, x2)
-        x1, x2 = nx1, nx2
-    if height is not None:
-        if y1 < -BOX_SLACK or y2 > height + BOX_SLACK:
-            raise BadBox("box outside image", f"box {_fmt(xyxy)} (xyxy) outside image height {height}")
-        ny1, ny2 = max(y1, 0.0), min(y2, float(height))
-        clipped |= (ny1, ny2) != (y1, y2)
-        y1, y2 = ny1, ny2
+    x1, x2, clipped_x = _clip_axis(x1, x2, width, "width", xyxy)
+    y1, y2, clipped_y = _clip_axis(y1, y2, height, "height", xyxy)
     if not (x2 > x1 and y2 > y1):
         raise BadBox("degenerate box", f"box {_fmt(xyxy)} (xyxy) has no area inside the image")
-    return [x1, y1, x2, y2], clipped
+    return [x1, y1, x2, y2], clipped_x or clipped_y
+
+
+def _clip_axis(lo: float, hi: float, size: int | None, name: str, xyxy) -> tuple[float, float, bool]:
+    """One axis of :func:`checked_box`: ``(lo, hi, clipped)`` inside ``[0, size]``."""
+    if size is None:
+        return lo, hi, False
+    if lo < -BOX_SLACK or hi > size + BOX_SLACK:
+        raise BadBox("box outside image", f"box {_fmt(xyxy)} (xyxy) outside image {name} {size}")
+    new_lo, new_hi = max(lo, 0.0), min(hi, float(size))
+    return new_lo, new_hi, (new_lo, new_hi) != (lo, hi)
 
 
 def _fmt(box) -> str:

@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from ..cli import _one_line
 from . import leakage
 
 PROG = "chatrex data"
@@ -171,10 +172,6 @@ def _check_paths(args) -> str | None:
         if isinstance(path, str) and os.path.abspath(path) == out:
             return f"--out {args.out} is the source file; write the records elsewhere"
     return None
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ test: setup
 # The Gradio demo with the bundled chatrex-tiny on http://127.0.0.1:7860 (PORT=... to change).
 PORT ?= 7860
 demo: setup
-	GRADIO_ANALYTICS_ENABLED=False $(PY) -m demo --host 127.0.0.1 --port $(PORT)
+	# exec: the server replaces the recipe's shell, so no shell is left between make and Python.
+	GRADIO_ANALYTICS_ENABLED=False exec $(PY) -m demo --host 127.0.0.1 --port $(PORT)
 
 # Regenerate requirements.lock from pyproject.toml (run after changing a dependency, then `make test`).
 # Pins that still satisfy pyproject are kept; `make lock UPGRADE=1` moves everything to the newest

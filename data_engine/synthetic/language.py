@@ -161,7 +161,8 @@ def _allowed_pair(color: str, category: str, split: str) -> bool:
 
 def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: list[Ref | None],
                   rng: np.random.Generator) -> list[dict]:
-    """Three or four QA pairs (counting, colour, position, existence), grounded answers."""
+    """Four or five QA pairs (counting, colour, position with a follow-up about "it", existence),
+    grounded answers."""
     objs = scene.objects
     turns: list[tuple[str, str]] = []
 
@@ -203,7 +204,11 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
         rel, j = rels[int(rng.integers(len(rels)))]
         lref = landmark_ref(j, objs)
         a += f" It is {rel} {ground(lref.text(), [idx.objects[j]])}."
-    turns.append((f"Where is {ref.text()}?", a))
+    # A follow-up whose "it" means the object of the answer just given, so that a model learns to
+    # read earlier turns (multi-turn chat keeps box indices valid for one image). It is drawn
+    # without the random stream, so every other field of every scene stays as it was.
+    follow_up = ("What colour is it?", f"{ground('It', [idx.objects[i]])} is {objs[i].color}.")
+    turns.append([(f"Where is {ref.text()}?", a), follow_up])
 
     # Existence of a (colour, category) pair: present or absent.
     if rng.random() < 0.5:
@@ -220,11 +225,13 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
         a = f"No, there is no {color} {cat}."
     turns.append((q, a))
 
+    # Shuffled as groups: a follow-up stays right after the turn it refers to.
     order = rng.permutation(len(turns))
     out = []
     for t in order:
-        q, a = turns[int(t)]
-        out += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        group = turns[int(t)]
+        for q, a in group if isinstance(group, list) else [group]:
+            out += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return out
 
 

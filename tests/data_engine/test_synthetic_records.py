@@ -107,3 +107,19 @@ def test_scene_showing_every_counting_noun_still_gets_a_counting_question():
     _, record = generate_scene("train", 0, 1763, 384)
     validate_record(record)
     assert any(t["value"].startswith("How many") for t in record["conversations"] if t["from"] == "human")
+
+
+def test_follow_up_turn_refers_to_the_object_of_the_answer_before_it():
+    seen = 0
+    for _, rec in _records("train"):
+        conv = rec["conversations"]
+        for k in range(0, len(conv), 2):
+            if conv[k]["value"] != "What colour is it?":
+                continue
+            seen += 1
+            assert k >= 2 and conv[k - 2]["value"].startswith("Where is "), "the follow-up comes right after its antecedent"
+            antecedent = re.search(r"<objects><obj(\d+)>", conv[k - 1]["value"]).group(1)
+            m = re.fullmatch(r"<ground>It</ground><objects><obj(\d+)></objects> is (\w+)\.", conv[k + 1]["value"])
+            assert m and m.group(1) == antecedent
+            assert rec["regions"][int(antecedent)]["attributes"]["color"] == m.group(2)
+    assert seen == len(_records("train")), "every scene has one follow-up"

@@ -1,45 +1,52 @@
-"""ChatRex: a grounded multimodal LLM that answers with box indices."""
+"""ChatRex: a grounded multimodal LLM that answers with box indices.
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+The public names load on first use (PEP 562), so that ``import chatrex`` and the CLI's start
+cost no torch/transformers import: ``chatrex convert`` with a missing folder answers in well
+under a second, and a command only pays for what it runs. Importing a model class registers
+ChatRex with transformers' auto classes (``modeling_chatrex``); ``chatrex.register_auto()``
+does it explicitly for code that only calls ``AutoModel*.from_pretrained``.
+"""
 
-from .answer import GroundedSpan, ParsedAnswer, parse_answer
-from .configuration_chatrex import ChatRexConfig
-from .image_processing import ChatRexImageProcessor
-from .modeling_chatrex import (
-    ChatRexForConditionalGeneration,
-    ChatRexImageFeatures,
-    ChatRexModel,
-    ChatRexPreTrainedModel,
-)
-from .predictor import Answer, ChatRexPredictor, Detection, InputTooLongError
-from .presets import PRESETS, get_preset_config
-from .processing_chatrex import ChatRexProcessor
-from .special_tokens import SPECIAL_TOKENS, add_special_tokens
+from __future__ import annotations
 
-# Registering with the auto classes lets AutoConfig/AutoModel*.from_pretrained(dir) resolve a
-# saved ChatRex checkpoint by its model_type. exist_ok keeps re-imports harmless.
-AutoConfig.register("chatrex", ChatRexConfig, exist_ok=True)
-AutoModel.register(ChatRexConfig, ChatRexModel, exist_ok=True)
-AutoModelForCausalLM.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
-AutoModelForImageTextToText.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
+import importlib
 
-__all__ = [
-    "ChatRexPredictor",
-    "Answer",
-    "Detection",
-    "InputTooLongError",
-    "ChatRexConfig",
-    "ChatRexModel",
-    "ChatRexPreTrainedModel",
-    "ChatRexForConditionalGeneration",
-    "ChatRexImageFeatures",
-    "ChatRexProcessor",
-    "ChatRexImageProcessor",
-    "GroundedSpan",
-    "ParsedAnswer",
-    "parse_answer",
-    "PRESETS",
-    "get_preset_config",
-    "SPECIAL_TOKENS",
-    "add_special_tokens",
-]
+_EXPORTS = {
+    "ChatRexPredictor": "predictor",
+    "Answer": "predictor",
+    "Detection": "predictor",
+    "InputTooLongError": "predictor",
+    "ChatRexConfig": "configuration_chatrex",
+    "ChatRexModel": "modeling_chatrex",
+    "ChatRexPreTrainedModel": "modeling_chatrex",
+    "ChatRexForConditionalGeneration": "modeling_chatrex",
+    "ChatRexImageFeatures": "modeling_chatrex",
+    "ChatRexProcessor": "processing_chatrex",
+    "ChatRexImageProcessor": "image_processing",
+    "GroundedSpan": "answer",
+    "ParsedAnswer": "answer",
+    "parse_answer": "answer",
+    "PRESETS": "presets",
+    "get_preset_config": "presets",
+    "SPECIAL_TOKENS": "special_tokens",
+    "add_special_tokens": "special_tokens",
+}
+
+__all__ = list(_EXPORTS) + ["register_auto"]
+
+
+def register_auto() -> None:
+    """Make ``AutoConfig`` / ``AutoModel*`` ``.from_pretrained(dir)`` resolve ChatRex folders."""
+    importlib.import_module(".modeling_chatrex", __name__)  # registers on import
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'chatrex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

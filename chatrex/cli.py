@@ -3,7 +3,7 @@
     chatrex detect street.png "the man in a red shirt" --out annotated.png
     chatrex ask street.png "How many cars are there?"
     chatrex proposals street.png --granularity fine --out proposals.png
-    chatrex eval --model chatrex-tiny --data data/synth/test --task referring
+    chatrex eval --model chatrex-tiny --data synth:test --task referring
     chatrex data-engine run --input photos/ --output runs/engine
     chatrex data import coco --ann instances_val2017.json --images val2017 --out coco_val.jsonl
     chatrex bench coco --ann instances_val2017.json --images val2017 --model chatrex-tiny --out runs/bench/coco
@@ -56,6 +56,24 @@ def _read_boxes(path: str | None):
     return boxes
 
 
+def _upn_argument(value: str | None) -> str | None:
+    """``--upn``: a path or a bundled name (``upn-tiny``) as given (``UPNPredictor`` resolves
+    those and says what is missing); a Hugging Face id as its cached or downloaded snapshot: the
+    folder when it has config.json, else its one ``.pth`` checkpoint."""
+    from .hub import NotFoundError, looks_like_hub_id, resolve_path
+
+    if value is None or not looks_like_hub_id(value):
+        return value
+    snapshot = resolve_path(value, label="--upn ", then="pass --upn {dir}")
+    if (snapshot / "config.json").is_file():
+        return str(snapshot)
+    checkpoints = sorted(snapshot.glob("*.pth"))
+    if len(checkpoints) != 1:
+        raise NotFoundError(f"--upn {value}: its snapshot {snapshot} has no config.json and {len(checkpoints)} .pth files; "
+                            f"pass the folder or checkpoint you mean")
+    return str(checkpoints[0])
+
+
 def _image_and_predictor(args):
     """Check the image, load the model, and encode the image once (with the proposal network's
     boxes, or those of ``--boxes``)."""
@@ -65,7 +83,7 @@ def _image_and_predictor(args):
     image = _load_image(args.image)
     boxes = _read_boxes(getattr(args, "boxes", None))
     try:
-        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn, device=args.device, torch_dtype=args.dtype)
+        predictor = ChatRexPredictor.from_pretrained(args.model, upn=_upn_argument(args.upn), device=args.device, torch_dtype=args.dtype)
         predictor.set_image(image, boxes=boxes)
     except (ValueError, RuntimeError, OSError) as err:
         # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
@@ -183,9 +201,12 @@ def cmd_proposals(args) -> int:
     try:
         from upn import UPNPredictor
 
-        path = args.upn or os.path.join(resolve_model_path(args.model), UPN_SUBDIR)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"no UPN weights in {path}")
+        if args.upn is not None:
+            path = _upn_argument(args.upn)
+        else:
+            path = os.path.join(resolve_model_path(args.model), UPN_SUBDIR)
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise UserError(f"no UPN weights in {path}; pass --upn (a folder, upn_large.pth, or upn-tiny)")
         predictor = UPNPredictor.from_pretrained(path, device=args.device)
         props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, nms_iou=args.nms_iou, max_boxes=args.max_boxes)
     except (ValueError, RuntimeError, OSError) as err:
@@ -198,16 +219,56 @@ def cmd_proposals(args) -> int:
     if args.out:
         from .visualize import draw_boxes
 
+        # Each box is labelled with its index in the list printed above: at the default settings
+        # (both prompts, score >= 0.1, NMS 0.6, top 100) the index the chat's <objN> tokens use.
         colors = [(230, 159, 0) if g == "coarse" else (86, 180, 233) for g in props.granularity]
-        _save(draw_boxes(image, props.boxes.tolist(), None, colors), args.out)
+        _save(draw_boxes(image, props.boxes.tolist(), [str(i) for i in range(len(props.boxes))], colors), args.out)
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .evaluation.runner import evaluate
+SYNTH_PREFIX = "synth:"
 
-    if not os.path.isfile(os.path.join(args.data, "records.jsonl")):
-        raise UserError(f"{args.data} has no records.jsonl")
+
+def _synthetic_split(spec: str, progress: bool) -> str:
+    """``synth:SPLIT`` -> ``data/synth/SPLIT``, generated on first use with the model card's
+    size and seed (:data:`chatrex.evaluation.runner.SYNTH_SPLITS`) and reused afterwards; a
+    folder there that holds other images (another seed or size) is refused, not evaluated as if
+    it were the standard split."""
+    from .evaluation.data_sources import SYNTH_EVAL_SPLITS, SYNTH_ROOT, SYNTH_SIZE, SYNTH_SPLITS, synthetic_command
+
+    split = spec[len(SYNTH_PREFIX):]
+    if split not in SYNTH_EVAL_SPLITS:
+        raise UserError(f"unknown synthetic split {spec!r}; use " + ", ".join(SYNTH_PREFIX + s for s in SYNTH_EVAL_SPLITS))
+    n, seed = SYNTH_SPLITS[split]
+    out = os.path.join(SYNTH_ROOT, split)
+    # The data engine sits above the model package: imported here, by the command, never by chatrex itself.
+    from data_engine.synthetic.generator import image_name, write_split
+
+    records = os.path.join(out, "records.jsonl")
+    if os.path.isfile(records):
+        with open(records, "rb") as f:
+            lines = [line for line in f if line.strip()]
+        first = json.loads(lines[0]) if lines else {}
+        if len(lines) != n or first.get("image") != image_name(split, seed, 0) or first.get("width") != SYNTH_SIZE:
+            raise UserError(f"{out} holds {len(lines)} images that are not the standard synthetic {split} split ({n} images, seed {seed}, "
+                            f"{SYNTH_SIZE} px); evaluate it with --data {out}, or move it away and run again to generate the standard one")
+        return out
+    print(f"generating the synthetic {split} split ({n} images, seed {seed}, {SYNTH_SIZE} px) into {out}; later runs reuse it "
+          f"(the same as `{synthetic_command(split, out)}`)", file=sys.stderr)
+    try:
+        write_split(out, split, n, seed, size=SYNTH_SIZE, progress=progress)
+    except OSError as err:
+        raise UserError(f"cannot write the synthetic {split} split to {out}: {err}") from None
+    return out
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.runner import evaluate, missing_records_message, records_file
+
+    if args.data.startswith(SYNTH_PREFIX):
+        args.data = _synthetic_split(args.data, progress=not args.no_progress)
+    if not os.path.isfile(records_file(args.data)):
+        raise UserError(missing_records_message(args.data))
     try:
         table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image,
                          proposal_min_score=args.proposal_min_score)
@@ -235,7 +296,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluation.runner import TASKS
+    from .evaluation.data_sources import TASKS
 
     parser = argparse.ArgumentParser(prog="chatrex", description="Grounded multimodal chat: the model answers with box indices from a proposal network.",
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, image=True):
         if image:
             p.add_argument("image", help="image file (any format PIL reads)")
-        p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
-        p.add_argument("--upn", help="UPN folder (default: the model folder's upn/)")
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name, local folder or Hugging Face id (default {DEFAULT_MODEL})")
+        p.add_argument("--upn", help="UPN folder, upn_large.pth, bundled name (upn-tiny) or Hugging Face id (default: the model folder's upn/)")
         p.add_argument("--verbose", action="store_true", help="show progress bars and library messages on stderr")
 
     p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red car" --out annotated.png',
@@ -275,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.1, help="score threshold (default 0.1, the chat's box list)")
     p.add_argument("--nms-iou", type=float, default=0.6, help="class-agnostic NMS IoU (default 0.6, the chat's box list)")
     p.add_argument("--max-boxes", type=int, default=100)
-    p.add_argument("--out", help="write the image with the proposals drawn (coarse orange, fine blue)")
+    p.add_argument("--out", help="write the image with the proposals drawn and numbered by index (coarse orange, fine blue)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="cpu", help="torch device for the proposal network, e.g. cuda (default cpu)")
     p.set_defaults(func=cmd_proposals)
@@ -284,10 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
 
-    p = sub.add_parser("eval", help="evaluate on a records folder (docs/evaluation.md metrics)", epilog="example: chatrex eval --model chatrex-tiny --data data/synth/test --task detection --limit 100",
+    p = sub.add_parser("eval", help="evaluate on a records folder (docs/evaluation.md metrics)", epilog="example: chatrex eval --model chatrex-tiny --data synth:test --task detection --limit 100",
                        description="Detection: per-class-averaged P/R at IoU 0.5 and pycocotools mAP; referring: Acc@0.5; proposals: recall@100 (fine/coarse); region: category accuracy.")
     common(p, image=False)
-    p.add_argument("--data", required=True, help="folder with records.jsonl and images")
+    p.add_argument("--data", required=True, help="folder with records.jsonl and images, a records .jsonl file, or synth:test / synth:val / "
+                   "synth:heldout (the bundled model's synthetic splits, generated into data/synth/ on first use)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--proposal-min-score", type=float, help="UPN score threshold for the box list (default: the predictor's)")
@@ -340,4 +402,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m chatrex.cli` runs this file as __main__, a second copy of the module whose
+    # UserError the subcommands (which import chatrex.cli) do not raise: run the real one.
+    from chatrex.cli import main as _main
+
+    sys.exit(_main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,6 +46,55 @@ def _official_arguments(p: argparse.ArgumentParser) -> None:
                         "i.e. ChatRex-7B, whose template is not published), vicuna_v1, or a .jinja file")
 
 
+# -- argument checks: run before the converter module (torch, transformers) is imported, so a
+# wrong path fails in a moment with one line, and a hub id becomes its local snapshot folder
+# (chatrex.hub: the Hugging Face cache, or a download when the hub answers). A path that looks
+# local and does not exist is never sent to the hub.
+CONVNEXT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def _weights_file(path, label: str):
+    """A checkpoint file as it is; in a folder (e.g. a hub snapshot of a LAION ConvNeXt) the
+    first of :data:`CONVNEXT_FILES` it holds."""
+    from .hub import NotFoundError
+
+    if path.is_file():
+        return path
+    for name in CONVNEXT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise NotFoundError(f"{label}{path} is a folder without {', '.join(CONVNEXT_FILES)}; pass the checkpoint file")
+
+
+def _check_compose(args: argparse.Namespace) -> None:
+    from .hub import resolve_path
+
+    args.clip = str(resolve_path(args.clip, "--clip ", "a transformers CLIP folder, or a Hugging Face id such as openai/clip-vit-large-patch14-336",
+                                 then="pass --clip {dir}"))
+    convnext = resolve_path(args.convnext, "--convnext ", "an open_clip or timm ConvNeXt .safetensors/.bin file, or a Hugging Face id such as "
+                            "laion/CLIP-convnext_large_d.laion2B-s26B-b102K-augreg", then="pass --convnext {dir}/open_clip_model.safetensors")
+    args.convnext = str(_weights_file(convnext, "--convnext "))
+    args.llm = str(resolve_path(args.llm, "--llm ", "a transformers causal-LM folder with its tokenizer, or a Hugging Face id such as "
+                                "Qwen/Qwen2.5-7B", then="pass --llm {dir}"))
+    if args.tokenizer is not None:
+        args.tokenizer = str(resolve_path(args.tokenizer, "--tokenizer ", "a tokenizer folder, or a Hugging Face id",
+                                          then="pass --tokenizer {dir}"))
+
+
+def _check_official(args: argparse.Namespace) -> None:
+    from .hub import resolve_path
+
+    args.src = str(resolve_path(args.src, "", "a folder in the released layout, or a Hugging Face id such as IDEA-Research/RexSeek-3B",
+                                then="pass {dir} as SRC"))
+
+
+def _check_upn(args: argparse.Namespace) -> None:
+    from .hub import NotFoundError
+
+    if not os.path.exists(args.src):
+        raise NotFoundError(f"{args.src} does not exist (" + ("a converted UPN folder)" if args.to_official else "the official upn_large.pth)"))
+
+
 @dataclass(frozen=True)
 class Converter:
     name: str
@@ -52,18 +102,21 @@ class Converter:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     runner: str  # "module:function", called with the parsed args, returns the exit code
     epilog: str = ""
+    check: Callable[[argparse.Namespace], None] | None = None  # light argument checks, before the runner's import
 
 
 CONVERTERS = [
     Converter("upn", "released UPN checkpoint (upn_large.pth) -> safetensors folder for UPNModel/UPNPredictor",
-              _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/"),
+              _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/", _check_upn),
     Converter("compose", "pretrained parts (CLIP, LAION/timm ConvNeXt, a causal LM) -> ChatRex folder, the stage-1 starting point",
               _compose_arguments, "chatrex.convert_compose:run",
               "example: chatrex convert compose --clip clip-vit-large-patch14-336/ --convnext open_clip_model.safetensors "
-              "--llm Qwen2.5-7B/ --out chatrex-7b-init/"),
+              "--llm Qwen2.5-7B/ --out chatrex-7b-init/  (each part may also be a Hugging Face id, e.g. --llm Qwen/Qwen2.5-7B)",
+              _check_compose),
     Converter("official", "released RexSeek-3B / ChatRex-7B folder (official layout) -> ChatRex folder with the official numerics",
               _official_arguments, "chatrex.official.convert:run",
-              "example: chatrex convert official RexSeek-3B/ rexseek-3b/ && chatrex detect photo.jpg \"the cup\" --model rexseek-3b/ --upn upn_large.pth"),
+              "example: chatrex convert official RexSeek-3B/ rexseek-3b/ && chatrex detect photo.jpg \"the cup\" --model rexseek-3b/ --upn upn_large.pth  "
+              "(SRC may also be a Hugging Face id, e.g. IDEA-Research/RexSeek-3B)", _check_official),
 ]
 
 
@@ -85,6 +138,8 @@ def _runner(conv: Converter):
 
         module, function = conv.runner.split(":")
         try:
+            if conv.check is not None:
+                conv.check(args)
             return getattr(importlib.import_module(module), function)(args)
         except (ValueError, OSError) as err:
             raise UserError(str(err)) from None

@@ -207,3 +207,8 @@ class ChatRexConfig(PreTrainedConfig):
             raise ValueError(f"token_compression_keep={self.token_compression_keep!r} must be an int in [1, {self.vision_grid ** 2}] for 'tome'")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type={self.projector_type!r} is not one of {PROJECTOR_TYPES}")
+
+
+# AutoConfig.from_pretrained(dir) resolves a saved ChatRex config by its model_type once this
+# module is imported (the model classes register in modeling_chatrex).
+AutoConfig.register("chatrex", ChatRexConfig, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
@@ -517,3 +517,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             for key in VISUAL_INPUT_KEYS:
                 inputs.pop(key, None)
         return inputs
+
+
+# Registering with the auto classes lets AutoModel*.from_pretrained(dir) resolve a saved ChatRex
+# checkpoint by its model_type (AutoConfig is registered beside ChatRexConfig). It happens here,
+# on first use of the model classes, because ``chatrex`` imports its parts lazily; exist_ok
+# keeps re-imports harmless.
+AutoModel.register(ChatRexConfig, ChatRexModel, exist_ok=True)
+AutoModelForCausalLM.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)

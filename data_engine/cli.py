@@ -28,7 +28,11 @@ def cmd_run(args) -> int:
     except ValueError as err:
         raise _UserError(f"config: {err}") from None
     if args.runner == "ray":
-        from .runners.ray_runner import run_ray as run
+        from functools import partial
+
+        from .runners.ray_runner import run_ray
+
+        run = partial(run_ray, verbose=args.verbose)
     else:
         from .runners.local import run_local as run
     try:
@@ -66,6 +70,7 @@ def build_parser(prog: str = "chatrex data-engine") -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N input images")
     p.add_argument("--retry-failed", action="store_true", help="process images that failed in an earlier run again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="with --runner ray: show Ray's own log lines, progress bars and worker output")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("stats", help="counts per stage, rejects and field coverage of an output folder", epilog="example: chatrex data-engine stats runs/engine")
     p.add_argument("output", help="an engine output folder")

@@ -21,7 +21,7 @@ from chatrex.jsonl import read_jsonl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_engine.proposals", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("records", help="input records.jsonl (image paths relative to its folder)")
+    parser.add_argument("records", help="input records.jsonl, or a folder holding one (image paths relative to its folder)")
     parser.add_argument("--upn", required=True, help="UPN save_pretrained folder")
     parser.add_argument("--out", required=True, help="output records file (keep it in the same folder so image paths stay valid)")
     parser.add_argument("--limit", type=int, help="only the first N records")
@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", metavar="I/N",
                         help="process only records I, I+N, I+2N, ... (run N processes at once, then concatenate their outputs)")
     args = parser.parse_args(argv)
+    from chatrex.evaluation.runner import missing_records_message, records_file
+
+    if os.path.isdir(args.records):  # a records folder: its records.jsonl
+        args.records = records_file(args.records)
     if not os.path.isfile(args.records):
-        print(f"error: {args.records!r} does not exist", file=sys.stderr)
+        print(f"error: {missing_records_message(args.records, eval_command=False)}", file=sys.stderr)
         return 2
     from chatrex.image_processing import load_image
     from upn import UPNPredictor

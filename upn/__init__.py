@@ -6,10 +6,10 @@ from .matcher import HungarianMatcher
 from .modeling import UPNModel, UPNOutput
 from .ms_deform_attn import MultiScaleDeformableAttention, multi_scale_deformable_attention
 from .postprocess import Proposals
-from .predictor import UPNPredictor
+from .predictor import PRETRAINED, UPNPredictor
 
 __all__ = [
     "PRESETS", "get_config", "UPNConfig", "BackboneConfig", "TransformerConfig", "LossConfig",
     "ImageConfig", "UPNModel", "UPNOutput", "SetCriterion", "HungarianMatcher",
-    "MultiScaleDeformableAttention", "multi_scale_deformable_attention", "Proposals", "UPNPredictor",
+    "MultiScaleDeformableAttention", "multi_scale_deformable_attention", "Proposals", "UPNPredictor", "PRETRAINED",
 ]

@@ -1,6 +1,7 @@
 """UPNPredictor: images in, pixel-space proposals out."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -11,6 +12,40 @@ from .modeling import UPNModel
 from .postprocess import Proposals, select_proposals
 
 _PREDICT_TYPES = ("fine", "coarse", "both")
+
+# Trained weights that ship with the project, by name: (package, folder inside it). upn-tiny was
+# trained with the bundled chatrex-tiny and ships inside its folder in the ``chatrex`` package.
+# ``upn`` must not import ``chatrex`` (chatrex depends on upn, not the other way), so the folder
+# is located with ``importlib.util.find_spec``, which finds a top-level package without running
+# it. A fixed table rather than a registry chatrex fills in: no import order to get right and
+# no mutable global state.
+PRETRAINED = {"upn-tiny": ("chatrex", "bundled/chatrex-tiny/upn")}
+
+
+def pretrained_path(name: str) -> str:
+    """The folder of the named weights in :data:`PRETRAINED`. ``ValueError`` lists the known
+    names; ``FileNotFoundError`` when the package that ships them is not installed."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown UPN weights {name!r}; known names: {', '.join(sorted(PRETRAINED))}")
+    package, folder = PRETRAINED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"UPN weights {name!r} ship with the {package!r} package, which is not installed")
+    return os.path.join(spec.submodule_search_locations[0], *folder.split("/"))
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> str:
+    """A path that exists, as it is; a name of :data:`PRETRAINED` as its folder; otherwise
+    ``FileNotFoundError`` at once, naming what may be given (a missing local path is never
+    looked up anywhere else). Hugging Face hub ids are the caller's to resolve first (the
+    ``chatrex`` CLI and ``chatrex.hub`` do): this package reads local files only."""
+    path = os.fspath(name_or_path)
+    if os.path.exists(path):
+        return path
+    if path in PRETRAINED:
+        return pretrained_path(path)
+    raise FileNotFoundError(f"UPN weights {path!r} do not exist: give a folder with config.json and model.safetensors, "
+                            f"the official upn_large.pth / upn_tiny.pth file, or a bundled name ({', '.join(sorted(PRETRAINED))})")
 
 
 class UPNPredictor:
@@ -33,11 +68,10 @@ class UPNPredictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         image_config: ImageConfig | None = None) -> "UPNPredictor":
-        """Load a saved folder (``config.json`` + ``model.safetensors``) or an official
-        ``upn_large.pth`` checkpoint (converted in memory by ``upn.convert``)."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"UPN weights {os.fspath(path)!r} do not exist: give a folder with config.json and "
-                                    f"model.safetensors, or the official upn_large.pth / upn_tiny.pth file")
+        """Load a saved folder (``config.json`` + ``model.safetensors``), an official
+        ``upn_large.pth`` checkpoint (converted in memory by ``upn.convert``) or bundled weights
+        by name (``"upn-tiny"``, :data:`PRETRAINED`)."""
+        path = resolve_weights(path)
         if os.path.isfile(path):
             from .convert import load_official_checkpoint
 

@@ -1,13 +1,16 @@
-"""Evaluation: the metrics of docs/evaluation.md and a runner over a records folder."""
+"""Evaluation: the metrics of docs/evaluation.md and a runner over a records folder.
 
-from .metrics import (
-    ClassCounts,
-    coco_map,
-    detection_precision_recall,
-    greedy_match,
-    match_detections,
-    proposal_recall,
-    referring_correct,
-)
+The metrics load on first use (PEP 562): they need torch, and the CLI reads
+``chatrex.evaluation.data_sources`` while it builds its parser."""
+
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["ClassCounts", "coco_map", "detection_precision_recall", "greedy_match", "match_detections", "proposal_recall", "referring_correct"]
+
+
+def __getattr__(name: str):
+    if name not in __all__:
+        raise AttributeError(f"module 'chatrex.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(".metrics", __name__), name)

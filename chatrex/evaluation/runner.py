@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .data_sources import SYNTH_EVAL_SPLITS, SYNTH_ROOT, SYNTH_SIZE, SYNTH_SPLITS, TASKS, missing_records_message, records_file, synthetic_command  # noqa: F401 (re-exported)
 from .metrics import ClassCounts, coco_map, detection_precision_recall, greedy_match, proposal_recall, referring_correct
 
-TASKS = ("detection", "referring", "region", "proposals", "grounded_caption")
 
 
 @dataclass
@@ -31,7 +31,10 @@ class EvalTable:
 def _records(data_dir: str, limit: int | None):
     from ..jsonl import JsonlRecords  # the same lazy reader training uses
 
-    records = JsonlRecords(os.path.join(data_dir, "records.jsonl"))
+    path = records_file(data_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(missing_records_message(data_dir))
+    records = JsonlRecords(path)
     n = len(records) if limit is None else min(limit, len(records))
     if n <= 0:
         raise ValueError(f"nothing to evaluate in {data_dir} (limit={limit})")
@@ -54,7 +57,8 @@ def _sample(items: list, k: int | None, key: str) -> list:
 
 def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None,
              per_image: int | None = None, proposal_min_score: float | None = None, device: str = "cpu") -> EvalTable:
-    """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` for ``task``.
+    """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` (or the records
+    file ``data_dir``) for ``task``.
 
     ``limit`` caps the images; ``per_image`` caps the queries (detection: categories,
     referring: expressions, region: regions) per image, drawn reproducibly.

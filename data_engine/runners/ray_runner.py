@@ -16,7 +16,9 @@ I/O bound and would be the next thing to distribute.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import time
 
 from tqdm.auto import tqdm
@@ -77,7 +79,52 @@ def _map(ds, config: EngineConfig, names: list[str], uses_model: bool):
     return ds.map_batches(worker, batch_size=r.batch_size, batch_format="pandas", num_cpus=1)
 
 
-def run_ray(config: EngineConfig, source: str, output: str, limit: int | None = None, retry_failed: bool = False, progress: bool = True) -> RunSummary:
+# What Ray prints on its own for a small local run, and how each is kept quiet unless verbose:
+# - "Started a local Ray instance" (INFO) and the token-authentication notice (WARNING) go
+#   through the "ray" logger, whose level ray.init sets (``logging_level``);
+# - each dataset's "Starting execution" / "Execution plan" / "execution finished" (INFO) and
+#   "Progress bars disabled" (WARNING) go through the "ray.data" logger's console handler
+#   (its file handlers in the session's logs/ray-data keep everything);
+# - Ray Data's own progress bars (one per operator, many lines when stderr is not a terminal);
+#   the runner's single bar counts images instead;
+# - worker processes' output (``log_to_driver``).
+# One line stays: the driver's C++ core worker logs at ERROR that actor constructor arguments
+# live in the object store (ray-project/ray#53727; Ray Data always puts them there). Only
+# RAY_BACKEND_LOG_LEVEL=fatal hides it, and that prints a line of its own and is inherited by
+# every Ray process, emptying the raylet's and GCS's log files: a worse trade.
+
+
+def _init_ray(config: EngineConfig, verbose: bool) -> None:
+    """Start or join the cluster of ``config.ray``; quiet (see above) unless ``verbose``."""
+    import ray
+
+    ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR)
+
+
+@contextlib.contextmanager
+def _ray_data_console(verbose: bool):
+    """Ray Data's console messages at ERROR and above only, for the duration of the run, unless
+    ``verbose``; the handler's level is put back afterwards (the runner may run inside another
+    program, e.g. the tests)."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger on first import)
+
+    handlers = [] if verbose else [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels):
+            handler.setLevel(level)
+
+
+def run_ray(config: EngineConfig, source: str, output: str, limit: int | None = None, retry_failed: bool = False, progress: bool = True,
+            verbose: bool = False) -> RunSummary:
+    """Run the stages of ``config`` over ``source`` on Ray Data into ``output`` (the local
+    runner's layout). ``progress``: one bar counting images; ``verbose``: Ray's own log lines,
+    progress bars and worker output as well (otherwise quiet: see the comment above ``_init_ray``)."""
     import ray
 
     start = time.time()
@@ -87,8 +134,15 @@ def run_ray(config: EngineConfig, source: str, output: str, limit: int | None = 
     summary = RunSummary(output=output, inputs=len(inputs))
     samples = pending_samples(inputs, out, summary, retry_failed)
     if not ray.is_initialized():
-        ray.init(address=config.ray.address, num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+        _init_ray(config, verbose)
+    with _ray_data_console(verbose):
+        return _run(config, out, summary, samples, start, progress, verbose)
+
+
+def _run(config: EngineConfig, out: OutputDir, summary: RunSummary, samples: list, start: float, progress: bool, verbose: bool) -> RunSummary:
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress and verbose
     groups = _groups(config)
     try:
         if not samples:

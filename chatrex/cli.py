@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arguments(p)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("ask", help="ask a question about an image", epilog='example: chatrex ask examples/scene1.png "How many boats are there?"',
+    p = sub.add_parser("ask", help="ask a question about an image", epilog='example: chatrex ask examples/scene1.png "Is there a red house in the image?"',
                        description="Print the answer; grounded phrases are listed with their boxes.")
     common(p)
     p.add_argument("question")

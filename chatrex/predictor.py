@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from . import templates
 from .answer import GroundedSpan, ParsedAnswer, parse_answer
@@ -83,27 +88,26 @@ def bundled_models() -> list[str]:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A bundled model name or a local folder; ``ValueError`` names both options otherwise."""
-    path = Path(name_or_path)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    bundled = BUNDLED_DIR / str(name_or_path)
-    if (bundled / "config.json").is_file():
-        return bundled
-    raise ValueError(
-        f"unknown model {str(name_or_path)!r}: not a folder with config.json and not a bundled model "
-        f"(bundled: {', '.join(bundled_models()) or 'none'})"
-    )
+    """A bundled model name, then a local folder, then a Hugging Face hub id (cached, or
+    downloaded when the hub is reachable; a released checkpoint converted once): the rules of
+    :func:`chatrex.hub.resolve_model`. A local path that does not exist fails at once with one
+    line (``ValueError``); it is never sent to the hub."""
+    from .hub import resolve_model
+
+    return resolve_model(name_or_path, BUNDLED_DIR)
 
 
 @dataclass
 class Answer:
-    """A parsed answer. ``spans`` carry pixel xyxy boxes of the original image."""
+    """A parsed answer. ``spans`` carry pixel xyxy boxes of the original image.
+    ``history_turns``: how many earlier turns of the ``history`` passed to :meth:`ChatRexPredictor.ask`
+    were in the prompt (the oldest go first when the context is full)."""
 
     text: str
     raw: str
     spans: list[GroundedSpan] = field(default_factory=list)
     num_invalid_indices: int = 0
+    history_turns: int = 0
 
     @property
     def boxes(self) -> list[list[float]]:
@@ -125,15 +129,52 @@ def _history_turns(history) -> list[tuple[dict, dict]]:
 
 
 @dataclass
+class _Prompt:
+    input_ids: torch.Tensor  # (1, L)
+    max_new_tokens: int  # the budget, cut so that prompt and answer fit in the context
+    history_turns: int  # earlier turns kept in the prompt
+    cache: _Cache  # the image it is about, held so a stream stays on it whatever set_image does meanwhile
+
+
+class _TokenQueue(BaseStreamer):
+    """Hands each generated token id from the generating thread to the reader; ``None`` marks
+    the end. ``generate`` passes the prompt first, which is skipped."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value):
+        if self._prompt_seen:
+            self.queue.put(value.reshape(-1).tolist())
+        self._prompt_seen = True
+
+    def end(self):
+        self.queue.put(None)
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation early once ``event`` is set (the reader of a stream went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
 class Detection:
     """Boxes (pixel xyxy, original image) the model retrieved for ``phrase``, with their
-    proposal indices and proposal scores."""
+    proposal indices and proposal scores; ``answer`` is the raw answer and ``prompt`` the
+    question the model was asked (together, a turn for :meth:`ChatRexPredictor.ask`'s history)."""
 
     phrase: str
     boxes: list[list[float]]
     indices: list[int]
     scores: list[float]
     answer: str
+    prompt: str = ""
 
 
 @dataclass
@@ -308,11 +349,9 @@ class ChatRexPredictor:
         """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""
         return int(self.model.config.text_config.max_position_embeddings)
 
-    def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None,
-                  history=None) -> str:
+    def _prompt(self, question: str, num_boxes: int | None = None, max_new_tokens: int | None = None, history=None) -> _Prompt:
         cache = self._require()
         budget = _check_max_new_tokens(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        objects = object_features if object_features is not None else cache.object_features
         k = num_boxes if num_boxes is not None else len(cache.boxes)
         turns = _history_turns(history)
         while True:
@@ -324,20 +363,28 @@ class ChatRexPredictor:
             turns = turns[1:]
         if len(ids) >= self.context_length:
             raise InputTooLongError(len(ids), self.context_length)
-        budget = min(budget, self.context_length - len(ids))
-        input_ids = torch.tensor([ids], device=self.device)
+        return _Prompt(torch.tensor([ids], device=self.device), min(budget, self.context_length - len(ids)), len(turns), cache)
+
+    def _run(self, prompt: _Prompt, object_features=None, **generate_kwargs) -> str:
+        """Greedy decoding of ``prompt``; returns the raw answer (ChatRex markup kept)."""
+        cache = prompt.cache
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
+                input_ids=prompt.input_ids,
+                attention_mask=torch.ones_like(prompt.input_ids),
                 image_features=cache.features,
-                object_features=objects,
-                max_new_tokens=budget,
+                object_features=object_features if object_features is not None else cache.object_features,
+                max_new_tokens=prompt.max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.processor.tokenizer.pad_token_id,
                 eos_token_id=self.stop_token_ids,
+                **generate_kwargs,
             )
-        return self.processor.decode(out[0, input_ids.shape[1]:])
+        return self.processor.decode(out[0, prompt.input_ids.shape[1]:])
+
+    def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None,
+                  history=None) -> str:
+        return self._run(self._prompt(question, num_boxes, max_new_tokens, history), object_features)
 
     @property
     def prompts(self) -> templates.PromptSet:
@@ -346,6 +393,15 @@ class ChatRexPredictor:
 
     def _parse(self, raw: str, boxes) -> ParsedAnswer:
         return parse_answer(raw, boxes, rules=self.prompts.answer_rules)
+
+    def _question(self, question: str, grounded: bool) -> str:
+        if not question or not question.strip():
+            raise ValueError("question is empty")
+        return (self.prompts.grounded_prefix if grounded else "") + question.strip()
+
+    def _answer(self, raw: str, prompt: _Prompt) -> Answer:
+        parsed = self._parse(raw, prompt.cache.boxes.tolist())
+        return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices, prompt.history_turns)
 
     def ask(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Answer:
         """Free-form question about the current image; grounded phrases come back with boxes.
@@ -358,16 +414,48 @@ class ChatRexPredictor:
         into the prompt in the chat template's multi-turn format, so a follow-up ("and what
         colour is it?") can refer to them; their box indices stay valid because the image and
         its box list are the same. When the prompt would not leave room for an answer, the
-        oldest turns are dropped first.
+        oldest turns are dropped first (:attr:`Answer.history_turns` says how many stayed).
 
         Raises :class:`InputTooLongError` (a ``ValueError``) when the question does not fit in
         the model's context."""
-        if not question or not question.strip():
-            raise ValueError("question is empty")
-        question = (self.prompts.grounded_prefix if grounded else "") + question.strip()
-        raw = self._generate(question, max_new_tokens=max_new_tokens, history=history)
-        parsed = self._parse(raw, self._require().boxes.tolist())
-        return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices)
+        prompt = self._prompt(self._question(question, grounded), max_new_tokens=max_new_tokens, history=history)
+        return self._answer(self._run(prompt), prompt)
+
+    def ask_stream(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Iterator[Answer]:
+        """:meth:`ask`, answered as it is generated: yields the answer so far, parsed, after each
+        new token (a grounded phrase gets its boxes once its ``<objects>`` list is closed). The
+        last item is the complete answer, equal to what :meth:`ask` returns (same greedy
+        decoding, same tokens).
+
+        Generation runs in a background thread; closing the iterator early stops it after the
+        current token. Errors (an empty or too long question, a bad history) are raised by the
+        first ``next()``."""
+        prompt = self._prompt(self._question(question, grounded), max_new_tokens=max_new_tokens, history=history)
+        tokens, stop, result = _TokenQueue(), threading.Event(), {}
+
+        def generate():
+            try:
+                result["raw"] = self._run(prompt, streamer=tokens, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]))
+            except BaseException as err:  # handed to the reader, which raises it
+                result["error"] = err
+                tokens.end()
+
+        thread = threading.Thread(target=generate, name="chatrex-ask-stream", daemon=True)
+        thread.start()
+        ids: list[int] = []
+        try:
+            for new in iter(tokens.queue.get, None):
+                ids += new
+                text = self.processor.decode(ids)
+                # U+FFFD: the token ends inside a multi-byte character; wait for the rest.
+                if text and not text.endswith("\ufffd"):
+                    yield self._answer(text, prompt)
+        finally:
+            stop.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        yield self._answer(result["raw"], prompt)
 
     def grounded_caption(self, max_new_tokens: int | None = 512) -> Answer:
         """Describe the current image and ground every object the description names."""
@@ -384,11 +472,12 @@ class ChatRexPredictor:
             kind = "category" if len(phrase.split()) == 1 else "referring" if phrase.lower().startswith("the ") else "phrase"
         if kind not in self.prompts.detection:
             raise ValueError(f"kind must be 'auto' or one of {sorted(self.prompts.detection)}, got {kind!r}")
-        raw = self._generate(self.prompts.detection[kind].format(phrase=phrase))
+        question = self.prompts.detection[kind].format(phrase=phrase)
+        raw = self._generate(question)
         cache = self._require()
         parsed = self._parse(raw, cache.boxes.tolist())
         indices = parsed.indices
-        return Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw)
+        return Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw, question)
 
     def describe(self, box_or_index, level: str = "category") -> str:
         """Describe one region: an index into :attr:`boxes`, or a pixel xyxy box (added to the

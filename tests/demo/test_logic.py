@@ -1,12 +1,16 @@
 """The demo's functions called in-process."""
 
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from chatrex import ChatRexPredictor
-from demo.app import build_app, example_images
-from demo.logic import MAX_SIDE, DemoLogic, prepare_image
+from demo.app import build_app, example_images, new_image, stream_turn
+from demo.logic import EMPTY_FILE, MAX_SIDE, NOT_AN_IMAGE, DemoLogic, Reply, prepare_image, reply_html
 
 EXAMPLE = example_images()[0]
 
@@ -39,6 +43,40 @@ def test_non_image_upload(logic, tmp_path):
     assert drawn is None and "not an image" in summary
 
 
+def _png_header(path, width, height):
+    """A PNG that declares its size and holds no pixels: what PIL reads before decoding."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_bad_uploads_get_one_line_messages_without_paths(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(open(EXAMPLE, "rb").read()[:2000])
+    cases = {str(empty): EMPTY_FILE, str(truncated): NOT_AN_IMAGE, str(tmp_path / "gone.png"): "did not arrive"}
+    cases[_png_header(tmp_path / "bomb.png", 20_000, 20_000)] = "too large"  # PIL refuses it outright
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # PIL only warns at this size
+        cases[_png_header(tmp_path / "big.png", 10_000, 10_000)] = "too large (10000x10000 pixels)"
+        for path, expected in cases.items():
+            rgb, text = prepare_image(path)
+            assert rgb is None and expected in text and "\n" not in text and str(tmp_path) not in text
+
+
+def test_upload_handler_keeps_the_image_on_a_bad_file(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    shown, notice, file_box = new_image(str(bad))
+    assert shown == {"__type__": "update"} and notice == NOT_AN_IMAGE and file_box is None  # gr.skip(): no change
+    shown, notice, file_box = new_image(EXAMPLE)
+    assert shown.size == Image.open(EXAMPLE).size and notice == "" and file_box is None
+
+
 def test_huge_image_is_downscaled_with_notice(tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((8000, 8000, 3), dtype=np.uint8)).save(big, compress_level=1)
@@ -49,7 +87,7 @@ def test_huge_image_is_downscaled_with_notice(tmp_path):
 def test_ask_returns_annotated_image_and_spans(logic, monkeypatch):
     from chatrex.answer import parse_answer
 
-    def fake_ask(question):
+    def fake_ask(question, history=None):
         parsed = parse_answer("I see <ground>a boat</ground><objects><obj0></objects> and <ground>trees</ground><objects><obj1><obj2></objects>.", logic.predictor.boxes.tolist())
         from chatrex.predictor import Answer
 
@@ -100,9 +138,9 @@ def test_bundled_model_note_is_shown(logic):
 
     from demo.app import BUNDLED_NOTE
 
-    shown = json.dumps(build_app(logic, note=BUNDLED_NOTE).config)
+    shown = json.dumps(build_app(logic, note=BUNDLED_NOTE).config, default=str)
     assert "synthetic world" in shown and "--model PATH" in shown
-    assert "synthetic world" not in json.dumps(build_app(logic).config)
+    assert "synthetic world" not in json.dumps(build_app(logic).config, default=str)
 
 
 def test_model_errors_become_messages(demo_model_dir, tmp_path):
@@ -116,3 +154,43 @@ def test_model_errors_become_messages(demo_model_dir, tmp_path):
     assert logic.proposals(EXAMPLE)[1] == "This model has no proposal network."
     assert "granularity" in logic.proposals(EXAMPLE, "medium")[1].lower()
     assert logic.describe(EXAMPLE, 0, "poem").text.startswith("Describe as one of")
+
+
+def test_reply_html_colours_each_phrase_once_and_escapes_text():
+    reply = Reply("<b>x</b> sees two trees", [("<b>x</b> sees ", None), ("two trees", "two trees [1]")], {"two trees [1]": "#0072b2"}, None)
+    out = reply_html(reply)
+    assert out.startswith("&lt;b&gt;x&lt;/b&gt; sees <span class=\"grounded\"")
+    assert "background:#0072b2;color:#ffffff" in out  # white on the dark blue, as on the image's label
+    assert out.count("two trees") == 2  # the text and the title attribute; the label is not printed
+    assert out.endswith(">two trees</span>")
+
+
+def test_history_reaches_the_model_and_turns_come_back(logic):
+    first = logic.ask(EXAMPLE, "find the boat")
+    assert first.turn == ("find the boat", first.turn[1]) and first.history_turns == 0
+    second = logic.ask(EXAMPLE, "what colour is it?", history=[list(first.turn)])
+    assert second.history_turns == 1
+    detect = logic.detect(EXAMPLE, "boat")
+    assert detect.turn[0] == logic.predictor.prompts.detection["category"].format(phrase="boat")
+    bad = logic.ask(EXAMPLE, "and now?", history=[["only a question"]])
+    assert bad.text.startswith("Sorry") and "history[0]" in bad.text and bad.turn is None
+
+
+def test_streamed_reply_ends_with_the_reply_of_ask(logic):
+    history = [list(logic.ask(EXAMPLE, "find the boat").turn)]
+    replies = list(logic.ask_stream(EXAMPLE, "what colour is it?", history))
+    assert replies[-1] == logic.ask(EXAMPLE, "what colour is it?", history)
+    assert len(replies) > 1 and all(r.image is None and r.turn is None for r in replies[:-1])
+    assert [r.text for r in logic.ask_stream(None, "q")] == ["Please upload an image first (or pick an example)."]
+
+
+def test_stream_turn_escapes_the_question_and_holds_the_controls_until_done():
+    partial = Reply("the bo", [("the bo", None)], {}, None)
+    final = Reply("the boat", [("the boat", "the boat [1]")], {"the boat [1]": "#e69f00"}, Image.new("RGB", (4, 4)),
+                  turn=("Find <b>the boat</b>", "<ground>the boat</ground><objects><obj8></objects>"))
+    steps = list(stream_turn([], [["earlier", "answer"]], "Find <b>the boat</b>", iter([partial, final]), controls=2))
+    assert steps[0][0][0] == {"role": "user", "content": "Find &lt;b&gt;the boat&lt;/b&gt;"}
+    assert [step[0][-1]["content"] for step in steps] == ["the bo", reply_html(final), reply_html(final)]
+    assert [step[4].get("interactive") for step in steps] == [False, False, True]
+    assert steps[-1][3] == [["earlier", "answer"], list(final.turn)] and steps[-1][1] is final.image
+    assert all(step[3] == {"__type__": "update"} for step in steps[:-1])  # the history changes once, at the end

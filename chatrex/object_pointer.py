@@ -27,10 +27,15 @@ from torch import nn
 
 @lru_cache(maxsize=16)
 def _id_tables(object_token_ids: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, sorted ids, order) as tensors; cached because every decoding step needs them."""
-    ids = torch.tensor(object_token_ids, device=device)
-    order = torch.argsort(ids)
-    return ids, ids[order], order
+    """(ids, sorted ids, order) as tensors; cached because every decoding step needs them.
+
+    Built outside inference mode: tensors made under ``torch.inference_mode`` (prediction) may
+    not be saved for backward, and the cache outlives the prediction (training in the same
+    process, e.g. ``make finetune-tiny``'s evaluation before training)."""
+    with torch.inference_mode(False):
+        ids = torch.tensor(object_token_ids, device=device)
+        order = torch.argsort(ids)
+        return ids, ids[order], order
 
 
 def pad_object_features(object_features: list[torch.Tensor], owners: list[int], batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:

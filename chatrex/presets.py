@@ -1,4 +1,9 @@
-"""Named model presets: a small registry of config builders (as segment-anything's build_sam)."""
+"""Named model presets: a small registry of config builders (as segment-anything's build_sam).
+
+A preset is an architecture with random weights (the full-size ones are filled from released
+weights by ``chatrex convert``). No preset shares a name with a bundled model
+(``chatrex.predictor.bundled_models``): ``chatrex-tiny`` is the trained bundle, and its
+architecture with random weights is ``chatrex-tiny-scratch``."""
 
 from __future__ import annotations
 
@@ -111,10 +116,15 @@ def chatrex_tiny_random_llama() -> ChatRexConfig:
     )
 
 
-def chatrex_tiny() -> ChatRexConfig:
-    """The bundled model's architecture (~8M parameters), trained from scratch on the synthetic
-    world: CLIP ViT (4 layers, width 128) at 192 px / patch 16 and ConvNeXt (32-256 channels) at
-    384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at width 256.
+def chatrex_tiny_scratch() -> ChatRexConfig:
+    """Random weights of the bundled model's architecture (~8M parameters), the starting point
+    of ``train/recipes/chatrex_tiny.sh``, which trains it from scratch on the synthetic world.
+    The trained weights are the bundled model ``chatrex-tiny`` (``chatrex/bundled/``), which is
+    what that name means everywhere, ``model.init`` included.
+
+    The architecture: CLIP ViT (4 layers, width 128) at 192 px / patch 16 and ConvNeXt (32-256
+    channels) at 384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at
+    width 256.
     Box indices come from the pointer head, and ``<objK>`` tokens in the text carry box K's
     feature (:mod:`chatrex.object_pointer`): a 4-layer LLM trained from scratch does not learn
     to retrieve indices by attention (MODEL_CARD.md)."""
@@ -135,7 +145,7 @@ def chatrex_tiny() -> ChatRexConfig:
 
 
 PRESETS: dict[str, Callable[[], ChatRexConfig]] = {
-    "chatrex-tiny": chatrex_tiny,
+    "chatrex-tiny-scratch": chatrex_tiny_scratch,
     "chatrex-7b": chatrex_7b,
     "rexseek-3b": rexseek_3b,
     "chatrex-7b-vicuna": chatrex_7b_vicuna,
@@ -148,7 +158,13 @@ def get_preset_config(name: str, **overrides) -> ChatRexConfig:
     """The config of preset ``name`` with top-level fields replaced by ``overrides`` (e.g.
     ``token_compression="avgpool2x2"``); raises ``ValueError`` listing the known names."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        from .predictor import bundled_models  # lazy: the predictor imports the model classes
+
+        hint = ""
+        if name in bundled_models():
+            hint = (f" ({name!r} is a bundled trained model, not a preset: ChatRexPredictor.from_pretrained({name!r}) and "
+                    f"model.init={name} load its weights)")
+        raise ValueError(f"unknown preset {name!r}{hint}; known presets: {', '.join(sorted(PRESETS))}")
     if not overrides:
         return PRESETS[name]()
     return ChatRexConfig(**{**PRESETS[name]().to_dict(), **overrides})

@@ -12,6 +12,11 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
+
+from chatrex.predictor import UPN_SUBDIR
+
+from .library_messages import expected_shared_tensors
 
 TRAINER_STATE = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d{8})$")
@@ -39,8 +44,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict, keep: int) -> str:
+def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict, keep: int,
+                    tied: frozenset[str] = frozenset()) -> str:
     """Save accelerate state + trainer state for ``step`` atomically; prune to ``keep`` newest.
+    ``tied``: :func:`train.library_messages.tied_parameter_names` of the model, whose sharing
+    is expected (accelerate's warning about it is dropped).
 
     Must be called on every process (accelerate writes per-process RNG state).
     """
@@ -50,7 +58,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
+    with expected_shared_tensors(tied):
+        accelerator.save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
@@ -72,14 +81,24 @@ def load_checkpoint(accelerator, path: str) -> dict:
     return state
 
 
-def save_pretrained_atomic(model, processor, path: str) -> str:
+def copy_upn(upn: str | os.PathLike | None, model_dir: str | os.PathLike) -> None:
+    """Copy the UPN folder ``upn`` (if any) into ``model_dir/upn``, where a bundled model keeps
+    its proposal network and ``ChatRexPredictor.from_pretrained`` looks for it."""
+    if upn is not None:
+        shutil.copytree(upn, Path(model_dir) / UPN_SUBDIR, dirs_exist_ok=True)
+
+
+def save_pretrained_atomic(model, processor, path: str, upn: str | os.PathLike | None = None) -> str:
     """``save_pretrained`` of model and processor into ``path`` via a temporary sibling folder
-    and a rename, so ``path`` is always either the previous complete folder or the new one."""
+    and a rename, so ``path`` is always either the previous complete folder or the new one.
+    ``upn``: a UPN folder copied to ``path/upn`` (``train.model_loading.upn_folder`` of the
+    model the run started from), so the saved folder proposes boxes as that model did."""
     parent, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(parent, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    copy_upn(upn, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

@@ -31,9 +31,11 @@ DEFAULT_TASK_WEIGHTS = {
 @dataclass
 class ModelConfig:
     init: str = "chatrex-tiny-random"
-    """A preset name (random init) or a checkpoint directory (e.g. the previous stage's ``final``)."""
+    """A checkpoint directory (e.g. the previous stage's ``final``), a bundled model's name
+    (``chatrex-tiny``: its trained weights) or a preset's (``chatrex-tiny-scratch``: random
+    weights); ``train.model_loading``."""
     tokenizer: str | None = None
-    """Tokenizer directory; required with a preset, optional with a checkpoint (which has one)."""
+    """Tokenizer directory; required with a preset, optional with a checkpoint or a bundled model (which have one)."""
     config_overrides: dict = field(default_factory=dict)
     """Model-config fields to change on load, e.g. ``{token_compression: avgpool2x2}``."""
 
@@ -152,6 +154,12 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}: {getattr(getattr(self, section), key)!r}")
         if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
             raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
+        # Imports the model code, so it comes after the cheap checks; the ValueError names the
+        # presets and the bundled models.
+        from .model_loading import init_folder
+
+        if init_folder(self.model.init) is None and self.model.tokenizer is None:
+            raise ValueError(f"model.init={self.model.init!r} is a preset with random weights; set model.tokenizer to a tokenizer directory")
         return self
 
     def _check_types(self) -> None:

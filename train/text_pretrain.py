@@ -138,7 +138,7 @@ def reinit(module: torch.nn.Module, std: float) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.text_pretrain", description=__doc__.split("\n\n")[0],
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, help="ChatRex folder (e.g. stage 0's OUT/final)")
+    p.add_argument("--init", required=True, help="ChatRex folder (e.g. stage 0's OUT/final) or a bundled model (chatrex-tiny)")
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=1500)
@@ -155,9 +155,9 @@ def main(argv=None) -> int:
     p.add_argument("--lookup", type=float, default=0.0,
                    help="probability that a turn is a one-hop lookup turn (phrase<objK> pairs), a curriculum for content lookup")
     p.add_argument("--object-index-embedding", action="store_true",
-                   help="turn on config.object_index_embedding (the chatrex-tiny preset has it; use for folders saved before it existed)")
+                   help="turn on config.object_index_embedding (the chatrex-tiny-scratch preset has it; use for folders saved before it existed)")
     p.add_argument("--object-pointer", action="store_true",
-                   help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny preset has "
+                   help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny-scratch preset has "
                         "them; use for folders saved before they existed). The pointer head trains with the LLM")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "turns", "log_every", "save_every"):
@@ -168,10 +168,14 @@ def main(argv=None) -> int:
         if not os.path.isfile(path):
             print(f"error: records file not found: {path}", file=sys.stderr)
             return 2
-    if not os.path.isdir(args.init):
-        print(f"error: --init {args.init!r} is not a ChatRex folder", file=sys.stderr)
+    from .model_loading import init_folder, load_model_and_processor, upn_folder
+
+    try:
+        if init_folder(args.init) is None:
+            raise ValueError(f"--init {args.init!r} is a preset (random weights); give a ChatRex folder or a bundled model")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    from .model_loading import load_model_and_processor
 
     torch.manual_seed(args.seed)
     overrides = {}
@@ -203,7 +207,7 @@ def main(argv=None) -> int:
     start = time.time()
 
     def save(name: str) -> str:
-        return save_pretrained_atomic(model, processor, os.path.join(args.out, name))
+        return save_pretrained_atomic(model, processor, os.path.join(args.out, name), upn=upn_folder(args.init))
 
     step = 0
     try:

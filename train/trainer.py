@@ -4,7 +4,9 @@ One function, :func:`train`, runs a stage from a :class:`~train.config.TrainConf
 the trainable-parameter table and the optimizer groups, shows a tqdm bar, evaluates and
 checkpoints periodically (atomically), resumes exactly, checkpoints on Ctrl-C, and ends with a
 ``save_pretrained`` directory ``OUTPUT/final`` that ``ChatRexForConditionalGeneration``
-loads.
+loads. When the starting model has a proposal network (``upn/``, as a bundled model does),
+``final/upn`` is a copy of it, so ``ChatRexPredictor.from_pretrained(OUTPUT/final)`` and
+``chatrex detect --model OUTPUT/final`` propose boxes as the starting model did.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .answer_metrics import index_accuracy
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import copy_upn, latest_checkpoint, load_checkpoint, save_checkpoint
+from .library_messages import name_cpu_accelerator_for_deepspeed, tied_parameter_names
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
 from chatrex.jsonl import JsonlRecords, read_jsonl
 
-from .model_loading import load_model_and_processor
+from .model_loading import load_model_and_processor, upn_folder
 from .stages import apply_stage, build_param_groups, format_counts, param_count
 from .training_data import build_train_data, chatrex_dataset
 
@@ -61,6 +64,7 @@ def _mixed_precision(setting: str) -> str:
 
 def build_accelerator(cfg: TrainConfig) -> Accelerator:
     on_gpu = torch.cuda.is_available()
+    name_cpu_accelerator_for_deepspeed()  # no "Setting accelerator to CPU" when accelerate imports DeepSpeed
     # Some parameters get no gradient in a step: CLIP's last layer (features come from layer -2),
     # ConvNeXt's pooling norm, and the object projector for box-less batches.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
@@ -174,6 +178,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     set_seed(cfg.train.seed)
 
     model, processor = load_model_and_processor(cfg.model.init, cfg.model.tokenizer, cfg.model.config_overrides)
+    upn = upn_folder(cfg.model.init)  # travels into final/ (a bundle and every stage after it keep their UPN)
+    tied = tied_parameter_names(model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -238,7 +244,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     def checkpoint():
         nonlocal last_saved
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_seen, "skipped": {str(k): v for k, v in skipped.items()}, "last_loss": last_loss}
-        save_checkpoint(accelerator, out, step, state, cfg.train.keep_checkpoints)
+        save_checkpoint(accelerator, out, step, state, cfg.train.keep_checkpoints, tied)
         last_saved = step
 
     started = time.perf_counter()
@@ -322,6 +328,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
+        copy_upn(upn, tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()

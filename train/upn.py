@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from .library_messages import name_cpu_accelerator_for_deepspeed
+
     args = build_parser().parse_args(argv)
     sources = [(f, "coarse") for f in args.coarse] + [(f, "fine") for f in args.fine]
     if not sources:
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
 
+    name_cpu_accelerator_for_deepspeed()  # accelerate imports DeepSpeed in unwrap_model
     accelerator = Accelerator(cpu=args.cpu)
     set_seed(args.seed)
     config = get_config(args.preset) if args.init is None else None

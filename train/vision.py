@@ -19,7 +19,7 @@ processor) whose LLM and projectors are still random, which stage 1 starts from
 Examples::
 
     python -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \\
-        --init chatrex-tiny --tokenizer runs/tokenizer --steps 1500 --out runs/chatrex-tiny/vision
+        --init chatrex-tiny-scratch --tokenizer runs/tokenizer --steps 1500 --out runs/chatrex-tiny/vision
     python -m train.vision ... --resume      # continue from OUT/last after a crash or Ctrl-C
 """
 
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", nargs="+", required=True, help="training records.jsonl (regions with boxes, categories, attributes)")
     p.add_argument("--eval", nargs="*", default=[], help="records to report head accuracies on at the end")
-    p.add_argument("--init", default="chatrex-tiny", help="preset name (needs --tokenizer) or a ChatRex folder")
+    p.add_argument("--init", default="chatrex-tiny-scratch",
+                   help="preset name (random weights, needs --tokenizer; default chatrex-tiny-scratch), a bundled model or a ChatRex folder")
     p.add_argument("--tokenizer", help="tokenizer folder for a preset init")
     p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/last (resumable), OUT/metrics.jsonl")
     p.add_argument("--steps", type=int, default=1500)
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(path):
             print(f"error: records file not found: {path}", file=sys.stderr)
             return 2
-    from .model_loading import load_model_and_processor
+    from .model_loading import load_model_and_processor, upn_folder
 
     torch.manual_seed(args.seed)
     resume_dir = os.path.join(args.out, "last")
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
         log.write(json.dumps({"step": step, "eval": scores}) + "\n")
         print("eval accuracies:", json.dumps(scores))
     log.close()
-    final = save_pretrained_atomic(model, processor, os.path.join(args.out, "final"))
+    final = save_pretrained_atomic(model, processor, os.path.join(args.out, "final"), upn=upn_folder(args.init))
     print(f"wrote {final} after {step} steps in {time.time() - start:.0f}s")
     return 0
 

@@ -28,7 +28,7 @@ def test_slots_carry_their_index_embedding(tiny_tokenizer):
 
 def test_off_by_default_keeps_the_plain_features(tiny_tokenizer):
     assert get_preset_config("chatrex-7b").object_index_embedding is False
-    assert get_preset_config("chatrex-tiny").object_index_embedding is True
+    assert get_preset_config("chatrex-tiny-scratch").object_index_embedding is True
     _, _, feats, embeds = merged(tiny_tokenizer, on=False)
     assert torch.equal(embeds[0, 1], feats[0][0]) and torch.equal(embeds[0, 3], feats[0][1])
 

@@ -188,6 +188,18 @@ def test_pointer_weights_survive_save_and_load(tiny_tokenizer, rgb_image, tmp_pa
 
 
 def test_presets():
-    assert get_preset_config("chatrex-tiny").object_pointer_head is True
+    assert get_preset_config("chatrex-tiny-scratch").object_pointer_head is True
     assert get_preset_config("chatrex-7b").object_pointer_head is False
     assert get_preset_config("chatrex-7b").object_reference_features is False
+
+
+def test_index_tables_cached_during_prediction_can_be_used_in_training():
+    # The lookup tables are cached across calls; built under inference mode they would be
+    # inference tensors, which autograd refuses to save (training after an evaluation).
+    from chatrex.object_pointer import _id_tables, object_index_of
+
+    _id_tables.cache_clear()
+    ids = [900, 700, 800]
+    with torch.inference_mode():
+        object_index_of(torch.tensor([[700, 5]]), ids)
+    assert not any(t.is_inference() for t in _id_tables(tuple(ids), torch.device("cpu")))

@@ -34,9 +34,9 @@ test-quick: setup
 
 # The Gradio demo with the bundled chatrex-tiny on http://127.0.0.1:7860 (PORT=... to change).
 PORT ?= 7860
+# exec: the server replaces the recipe's shell, so no shell is left between make and Python;
+# CHATREX_EXIT_WITH_PARENT=1: it also stops when make is killed (demo/lifetime.py).
 demo: setup
-	# exec: the server replaces the recipe's shell, so no shell is left between make and Python;
-	# CHATREX_EXIT_WITH_PARENT=1: it also stops when make is killed (demo/lifetime.py).
 	CHATREX_EXIT_WITH_PARENT=1 GRADIO_ANALYTICS_ENABLED=False exec $(PY) -m demo --host 127.0.0.1 --port $(PORT)
 
 # Fine-tune the bundled chatrex-tiny on fresh synthetic images, with `chatrex eval` before and

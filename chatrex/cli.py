@@ -1,8 +1,8 @@
 """The ``chatrex`` command line.
 
-    chatrex detect street.png "the man in a red shirt" --out annotated.png
-    chatrex ask street.png "How many cars are there?"
-    chatrex proposals street.png --granularity fine --out proposals.png
+    chatrex detect examples/scene1.png "the red house" --out annotated.png
+    chatrex ask examples/scene1.png "Is there a red house in the image?"
+    chatrex proposals examples/scene1.png --granularity fine --out proposals.png
     chatrex eval --model chatrex-tiny --data synth:test --task referring
     chatrex data-engine run --input photos/ --output runs/engine
     chatrex data import coco --ann instances_val2017.json --images val2017 --out coco_val.jsonl
@@ -265,12 +265,14 @@ def _synthetic_split(spec: str, progress: bool) -> str:
 def cmd_eval(args) -> int:
     from .evaluation.runner import evaluate, missing_records_message, records_file
 
+    # Progress bars on a terminal or with --verbose: stderr stays empty in scripts and logs.
+    progress = not args.no_progress and (args.verbose or sys.stderr.isatty())
     if args.data.startswith(SYNTH_PREFIX):
-        args.data = _synthetic_split(args.data, progress=not args.no_progress)
+        args.data = _synthetic_split(args.data, progress=progress)
     if not os.path.isfile(records_file(args.data)):
         raise UserError(missing_records_message(args.data))
     try:
-        table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=not args.no_progress, per_image=args.per_image,
+        table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=progress, per_image=args.per_image,
                          proposal_min_score=args.proposal_min_score)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
         raise UserError(f"{type(err).__name__}: {err}") from None
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--upn", help="UPN folder, upn_large.pth, bundled name (upn-tiny) or Hugging Face id (default: the model folder's upn/)")
         p.add_argument("--verbose", action="store_true", help="show progress bars and library messages on stderr")
 
-    p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red car" --out annotated.png',
+    p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red house" --out annotated.png',
                        description="Print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.")
     common(p)
     p.add_argument("phrase", help="category, short phrase or referring expression")
@@ -350,12 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, image=False)
     p.add_argument("--data", required=True, help="folder with records.jsonl and images, a records .jsonl file, or synth:test / synth:val / "
                    "synth:heldout (the bundled model's synthetic splits, generated into data/synth/ on first use)")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=TASKS, help="what to score (docs/evaluation.md): detection P/R and mAP, referring Acc@0.5, "
+                   "region category accuracy, proposal recall, grounded-caption P/R")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--proposal-min-score", type=float, help="UPN score threshold for the box list (default: the predictor's)")
     p.add_argument("--per-image", type=int, help="at most N queries per image (categories, expressions or regions), drawn reproducibly")
     p.add_argument("--json-out", help="also write the metrics as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal or with --verbose")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="serve the Gradio chat demo", epilog="example: chatrex demo --port 7860",

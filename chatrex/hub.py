@@ -55,14 +55,24 @@ class HubUnavailableError(NotFoundError):
     """A hub id that is not in the local cache and cannot be downloaded now."""
 
 
+LOCAL_FOLDERS = ("models", "runs", "data")
+
+
 def looks_like_hub_id(value: str | os.PathLike) -> bool:
     """True for exactly ``org/name`` in the hub's characters that is not an existing path and
     does not end like a file (``.pth``, ``.safetensors``, ...). ``./x/y``, ``/x/y``, ``~/x``,
-    ``x/y/``, ``x/y/z`` and anything with a backslash look local."""
+    ``x/y/``, ``x/y/z``, ``models/x`` (or any ``d/x`` whose ``d`` is a folder here) and
+    anything with a backslash look local."""
     text = os.fspath(value)
     if "\\" in text or text.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(text):
         return False
     if "--" in text or ".." in text or text.lower().endswith(FILE_SUFFIXES):
+        return False
+    # models/x where models/ is here (or is one of the folders this project's docs write into)
+    # is a local path that is missing, not a hub id: sending it to the hub would answer with a
+    # download hint for a repository that is not one.
+    first = text.split("/", 1)[0]
+    if first in LOCAL_FOLDERS or os.path.isdir(first):
         return False
     return not os.path.exists(text)
 

@@ -240,7 +240,7 @@ class Recipe:
         print()
         print("step times: " + ", ".join(f"{k} {'skipped' if v is None else f'{v:.1f} s'}" for k, v in self.timings.items())
               + f"; total {total:.1f} s")
-        print(f"fine-tuned model: {self.final}\n  chatrex detect --model {self.final} examples/scene1.png boat")
+        print(f"fine-tuned model: {self.final}\n  .venv/bin/chatrex detect --model {self.final} examples/scene1.png boat")
         return {"timings": self.timings, "total": total}
 
 

@@ -47,6 +47,12 @@ def _image(path: str):
     return load_image(path)
 
 
+def _sample_key(rec: dict) -> str:
+    """What seeds an image's draw: its record id, else its file name; never the absolute path the
+    reader resolved, which would make the same command give other numbers in another clone."""
+    return str(rec.get("id") or os.path.basename(rec["image"]))
+
+
 def _sample(items: list, k: int | None, key: str) -> list:
     """At most ``k`` items, drawn reproducibly (seeded by ``key``) and kept in their order."""
     if k is None or len(items) <= k:
@@ -88,7 +94,7 @@ def _detection(predictor, records, per_image) -> dict:
         gt = defaultdict(list)
         for r in rec.get("regions", []):
             gt[r["category"]].append(r["box"])
-        gt = {c: gt[c] for c in _sample(sorted(gt), per_image, rec["image"])}
+        gt = {c: gt[c] for c in _sample(sorted(gt), per_image, _sample_key(rec))}
         preds = {}
         for category, boxes in gt.items():
             det = predictor.detect(category, kind="category")
@@ -102,7 +108,7 @@ def _detection(predictor, records, per_image) -> dict:
 def _referring(predictor, records, per_image) -> dict:
     correct = total = neg_correct = neg_total = 0
     for rec in records:
-        queries = _sample([q for q in rec.get("queries", []) if q.get("type") == "referring"], per_image, rec["image"])
+        queries = _sample([q for q in rec.get("queries", []) if q.get("type") == "referring"], per_image, _sample_key(rec))
         if not queries:
             continue
         predictor.set_image(_image(rec["image"]))
@@ -131,7 +137,7 @@ def _region(predictor, records, per_image) -> dict:
         if not regions:
             continue
         predictor.set_image(_image(rec["image"]), boxes=[r["box"] for r in regions])
-        for i in _sample(list(range(len(regions))), per_image, rec["image"]):
+        for i in _sample(list(range(len(regions))), per_image, _sample_key(rec)):
             r = regions[i]
             ok = predictor.describe(i, level="category").strip().lower() == r["category"].lower()
             correct += ok

@@ -197,3 +197,14 @@ def test_convert_takes_hub_ids_from_the_cache(tmp_path, offline_cache):
     args.src = "IDEA-Research/RexSeek-3B"
     with pytest.raises(hub.HubUnavailableError, match=r"hf download IDEA-Research/RexSeek-3B --local-dir models/RexSeek-3B`, then pass models/RexSeek-3B as SRC$"):
         _check_official(args)
+
+
+def test_per_image_draws_do_not_depend_on_where_the_data_lives():
+    # The reader resolves image paths to absolute ones; the draw must not see them, or the same
+    # command gives other numbers in another clone.
+    a = {"id": "synthetic-test-0", "image": "/one/place/images/x.png"}
+    b = {"id": "synthetic-test-0", "image": "/another/place/images/x.png"}
+    items = list(range(20))
+    assert runner._sample(items, 4, runner._sample_key(a)) == runner._sample(items, 4, runner._sample_key(b))
+    no_id = [{"image": "/one/images/x.png"}, {"image": "/two/images/x.png"}]
+    assert runner._sample_key(no_id[0]) == runner._sample_key(no_id[1]) == "x.png"

@@ -186,3 +186,11 @@ def test_a_cached_released_checkpoint_is_converted_once(hf_cache, tiny_official,
     assert set(ours) == set(theirs)
     for name, weight in theirs.items():
         assert torch.equal(ours[name].float(), weight.float()), name
+
+
+def test_a_path_under_a_local_or_documented_folder_is_never_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    assert not hub.looks_like_hub_id("models/RexSeek-3B-chatrex")  # the README's folder, not made yet
+    assert not hub.looks_like_hub_id("weights/upn-large")           # a folder that exists here
+    assert hub.looks_like_hub_id("IDEA-Research/RexSeek-3B")

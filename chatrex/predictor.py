@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -19,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.ops import box_iou
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import StoppingCriteriaList
 
 from . import templates
-from .answer import GroundedSpan, ParsedAnswer, parse_answer
+from .answer import ParsedAnswer, parse_answer
 from .image_processing import ImageMeta, to_rgb_image
+from .devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
 from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
 from .processing_chatrex import ChatRexProcessor
+from .results import Answer, Detection, history_messages
+from .streaming import StopWhenSet, TokenQueue
+from .prompt_cache import PromptPrefix, continuation_inputs, encode_prefix, generated_rows, left_padded_inputs, prefix_length
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 UPN_SUBDIR = "upn"
@@ -52,32 +54,10 @@ def _check_max_new_tokens(value) -> int:
     return int(value)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device_dtype(device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
-    """Check a device and dtype request; ``dtype=None`` means float32 on a CPU and bfloat16 on a
-    GPU. Raises ``ValueError`` (one line) for an unknown value or a GPU this machine lacks."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}: {err}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but CUDA is not available here (torch {torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-    elif device.type != "cpu":
-        raise ValueError(f"device must be cpu or cuda[:N], got {str(device)!r}")
-    if dtype is None:
-        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype.removeprefix("torch.") not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype.removeprefix("torch.")]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return device, dtype
+def _check_batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def bundled_models() -> list[str]:
@@ -98,83 +78,11 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 
 @dataclass
-class Answer:
-    """A parsed answer. ``spans`` carry pixel xyxy boxes of the original image.
-    ``history_turns``: how many earlier turns of the ``history`` passed to :meth:`ChatRexPredictor.ask`
-    were in the prompt (the oldest go first when the context is full)."""
-
-    text: str
-    raw: str
-    spans: list[GroundedSpan] = field(default_factory=list)
-    num_invalid_indices: int = 0
-    history_turns: int = 0
-
-    @property
-    def boxes(self) -> list[list[float]]:
-        return ParsedAnswer(self.text, self.spans).boxes
-
-
-def _history_turns(history) -> list[tuple[dict, dict]]:
-    """``[(user message, assistant message), ...]`` from ``(question, answer)`` pairs."""
-    turns = []
-    for i, pair in enumerate(history or []):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"history[{i}] must be a (question, answer) pair, got {pair!r}")
-        question, answer = pair
-        answer = answer.raw if isinstance(answer, Answer) else answer
-        if not isinstance(question, str) or not isinstance(answer, str):
-            raise ValueError(f"history[{i}]: question and answer must be strings (or an Answer), got {pair!r}")
-        turns.append(({"role": "user", "content": question}, {"role": "assistant", "content": answer}))
-    return turns
-
-
-@dataclass
 class _Prompt:
     input_ids: torch.Tensor  # (1, L)
     max_new_tokens: int  # the budget, cut so that prompt and answer fit in the context
     history_turns: int  # earlier turns kept in the prompt
     cache: _Cache  # the image it is about, held so a stream stays on it whatever set_image does meanwhile
-
-
-class _TokenQueue(BaseStreamer):
-    """Hands each generated token id from the generating thread to the reader; ``None`` marks
-    the end. ``generate`` passes the prompt first, which is skipped."""
-
-    def __init__(self):
-        self.queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value):
-        if self._prompt_seen:
-            self.queue.put(value.reshape(-1).tolist())
-        self._prompt_seen = True
-
-    def end(self):
-        self.queue.put(None)
-
-
-class _StopWhenSet(StoppingCriteria):
-    """Ends generation early once ``event`` is set (the reader of a stream went away)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-@dataclass
-class Detection:
-    """Boxes (pixel xyxy, original image) the model retrieved for ``phrase``, with their
-    proposal indices and proposal scores; ``answer`` is the raw answer and ``prompt`` the
-    question the model was asked (together, a turn for :meth:`ChatRexPredictor.ask`'s history)."""
-
-    phrase: str
-    boxes: list[list[float]]
-    indices: list[int]
-    scores: list[float]
-    answer: str
-    prompt: str = ""
 
 
 @dataclass
@@ -185,6 +93,9 @@ class _Cache:
     scores: torch.Tensor  # (K,)
     granularity: list[str]
     object_features: list[torch.Tensor]
+    # The LLM state after the image and box tokens, computed at the first question and shared
+    # by every later one (``chatrex.prompt_cache``); keyed by the prefix token ids.
+    prefixes: dict[tuple[int, ...], PromptPrefix] = field(default_factory=dict)
 
 
 class ChatRexPredictor:
@@ -204,10 +115,14 @@ class ChatRexPredictor:
         cache_size: how many encoded images to keep; ``set_image`` on an image seen recently
             (same pixels, same boxes) reuses its encoding instead of running UPN and the
             encoders again.
+        share_prefix: compute the LLM's KV cache of an image's system, image and box tokens at
+            its first question and continue every later question from it (the default).
+            ``False`` runs each prompt in full, as before; answers are the same either way.
     """
 
     def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
-                 proposal_min_score: float | None = None, proposal_nms_iou: float | None = None, max_new_tokens: int = 256, cache_size: int = 4):
+                 proposal_min_score: float | None = None, proposal_nms_iou: float | None = None, max_new_tokens: int = 256, cache_size: int = 4,
+                 share_prefix: bool = True):
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.device = torch.device(device)
@@ -220,6 +135,7 @@ class ChatRexPredictor:
         self.proposal_nms_iou = float(settings["nms_iou"] if proposal_nms_iou is None else proposal_nms_iou)
         self.max_new_tokens = _check_max_new_tokens(max_new_tokens)
         self.cache_size = cache_size
+        self.share_prefix = bool(share_prefix)
         self.stop_token_ids = self._stop_token_ids()
         self._cache: _Cache | None = None
         self._recent: OrderedDict[str, _Cache] = OrderedDict()
@@ -263,30 +179,56 @@ class ChatRexPredictor:
 
         Returns the number of boxes the model can refer to.
         """
-        rgb = to_rgb_image(image)
-        key = self._cache_key(rgb, boxes)
-        if key in self._recent:
-            self._recent.move_to_end(key)
-            self._cache = self._recent[key]
-            return len(self._cache.boxes)
-        ip = self.processor.image_processor
-        meta = ip.image_meta(rgb.width, rgb.height)
-        if boxes is None:
-            props = self.propose(rgb)
-            pixel_boxes, scores, granularity = props.boxes.float(), props.scores.float(), list(props.granularity)
-        else:
-            pixel_boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).float()
-            scores, granularity = torch.ones(len(pixel_boxes)), ["given"] * len(pixel_boxes)
-        normalized = ip.normalize_boxes(pixel_boxes.numpy(), meta)  # validates and clips
-        low, high, _ = ip.preprocess(rgb)
-        with torch.inference_mode():
-            features = self.model.get_image_features(low[None].to(self.device), high[None].to(self.device))
-            objects = self.model.get_object_features(features.high_res_features, [normalized.to(self.device)])
-        self._cache = _Cache(meta, features, ip.denormalize_boxes(normalized, meta), scores, granularity, objects)
-        self._recent[key] = self._cache
+        self._cache = self._encode([image], None if boxes is None else [boxes])[0]
+        return len(self._cache.boxes)
+
+    def _encode(self, images: list, boxes: list | None = None) -> list[_Cache]:
+        """Encode several images at once: one UPN batch for those without ``boxes[i]``, one batch
+        through both vision encoders. Images seen recently (same pixels, same boxes) are reused."""
+        rgbs = [to_rgb_image(im) for im in images]
+        boxes = [None] * len(rgbs) if boxes is None else list(boxes)
+        if len(boxes) != len(rgbs):
+            raise ValueError(f"{len(rgbs)} images but {len(boxes)} box lists")
+        keys = [self._cache_key(rgb, b) for rgb, b in zip(rgbs, boxes)]
+        todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._recent}  # key -> its first image
+        encoded = self._encode_new([rgbs[i] for i in todo.values()], [boxes[i] for i in todo.values()])
+        self._recent.update(zip(todo, encoded))
+        caches = [self._recent[k] for k in keys]
+        for k in keys:
+            self._recent.move_to_end(k)
         while len(self._recent) > self.cache_size:
             self._recent.popitem(last=False)
-        return len(pixel_boxes)
+        return caches
+
+    def _encode_new(self, rgbs: list, boxes: list) -> list[_Cache]:
+        if not rgbs:
+            return []
+        ip = self.processor.image_processor
+        need_upn = [i for i, b in enumerate(boxes) if b is None]
+        props = dict(zip(need_upn, self._propose_batch([rgbs[i] for i in need_upn]))) if need_upn else {}
+        metas, normalized, extras = [], [], []
+        for i, rgb in enumerate(rgbs):
+            meta = ip.image_meta(rgb.width, rgb.height)
+            if i in props:
+                pixel = props[i].boxes.float()
+                extras.append((props[i].scores.float(), list(props[i].granularity)))
+            else:
+                pixel = torch.from_numpy(np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)).float()
+                extras.append((torch.ones(len(pixel)), ["given"] * len(pixel)))
+            metas.append(meta)
+            normalized.append(ip.normalize_boxes(pixel.numpy(), meta))  # validates and clips
+        pixels = [ip.preprocess(rgb)[:2] for rgb in rgbs]
+        with torch.inference_mode():
+            low = torch.stack([p[0] for p in pixels]).to(self.device)
+            high = torch.stack([p[1] for p in pixels]).to(self.device)
+            features = self.model.get_image_features(low, high)
+            objects = self.model.get_object_features(features.high_res_features, [n.to(self.device) for n in normalized])
+        caches = []
+        for j, (meta, norm, (scores, granularity)) in enumerate(zip(metas, normalized, extras)):
+            one = ChatRexImageFeatures(image_embeds=features.image_embeds[j : j + 1],
+                                       high_res_features=tuple(f[j : j + 1] for f in features.high_res_features))
+            caches.append(_Cache(meta, one, ip.denormalize_boxes(norm, meta), scores, granularity, [objects[j]]))
+        return caches
 
     @staticmethod
     def _cache_key(rgb, boxes) -> str:
@@ -305,10 +247,13 @@ class ChatRexPredictor:
 
         Returns ``upn.Proposals`` (pixel xyxy boxes, scores, granularity), sorted by score.
         """
+        return self._propose_batch([image], prompt_type, min_score)[0]
+
+    def _propose_batch(self, images: list, prompt_type: str | None = None, min_score: float | None = None) -> list:
         if self.upn is None:
             raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
-        return self.upn.predict(
-            to_rgb_image(image),
+        return self.upn.predict_batch(
+            [to_rgb_image(im) for im in images],
             prompt_type=self.proposal_prompt_type if prompt_type is None else prompt_type,
             min_score=self.proposal_min_score if min_score is None else float(min_score),
             nms_iou=self.proposal_nms_iou,
@@ -349,11 +294,12 @@ class ChatRexPredictor:
         """Positions the LLM can attend over: prompt plus answer (1,024 for chatrex-tiny)."""
         return int(self.model.config.text_config.max_position_embeddings)
 
-    def _prompt(self, question: str, num_boxes: int | None = None, max_new_tokens: int | None = None, history=None) -> _Prompt:
-        cache = self._require()
+    def _prompt(self, question: str, num_boxes: int | None = None, max_new_tokens: int | None = None, history=None,
+                cache: _Cache | None = None) -> _Prompt:
+        cache = self._require() if cache is None else cache
         budget = _check_max_new_tokens(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         k = num_boxes if num_boxes is not None else len(cache.boxes)
-        turns = _history_turns(history)
+        turns = history_messages(history)
         while True:
             messages = [m for pair in turns for m in pair] + [{"role": "user", "content": question}]
             ids, _ = self.processor.encode_sample(messages, num_boxes=k, has_image=True, add_generation_prompt=True)
@@ -367,20 +313,51 @@ class ChatRexPredictor:
 
     def _run(self, prompt: _Prompt, object_features=None, **generate_kwargs) -> str:
         """Greedy decoding of ``prompt``; returns the raw answer (ChatRex markup kept)."""
-        cache = prompt.cache
+        return self._run_batch([prompt], object_features, **generate_kwargs)[0]
+
+    def _prefix(self, cache: _Cache, ids: list[int]) -> PromptPrefix:
+        key = tuple(ids)
+        if key not in cache.prefixes:
+            if len(cache.prefixes) >= 4:  # a few layouts per image at most; keep the newest
+                cache.prefixes.pop(next(iter(cache.prefixes)))
+            cache.prefixes[key] = encode_prefix(self.model, ids, cache.features, cache.object_features, self.device)
+        return cache.prefixes[key]
+
+    def _shared_prefix(self, prompts: list[_Prompt]) -> int:
+        """The length of the image prefix all ``prompts`` share (0 when they do not: other
+        images, other box counts, or no image)."""
+        if len({id(p.cache) for p in prompts}) != 1:
+            return 0
+        cfg = self.model.config
+        ids = [p.input_ids[0].tolist() for p in prompts]
+        cut = prefix_length(ids[0], (cfg.image_token_id, cfg.objfeat_token_id))
+        same = all(len(x) > cut and x[:cut] == ids[0][:cut] for x in ids)
+        return cut if same else 0
+
+    def _run_batch(self, prompts: list[_Prompt], object_features=None, **generate_kwargs) -> list[str]:
+        """Greedy decoding of several prompts in one ``generate`` call; the raw answers, in order.
+
+        Prompts about one image continue from its cached prefix (the image and box tokens run
+        once per image, not once per question); prompts about different images, or with
+        ``object_features`` other than the image's own box list, run in full, left-padded.
+        """
+        pad = self.processor.tokenizer.pad_token_id
+        cut = self._shared_prefix(prompts) if object_features is None and self.share_prefix else 0
+        if cut:
+            ids = prompts[0].input_ids[0, :cut].tolist()
+            inputs = continuation_inputs(self._prefix(prompts[0].cache, ids), [p.input_ids[0, cut:].tolist() for p in prompts], pad)
+        else:
+            inputs = left_padded_inputs([p.input_ids[0].tolist() for p in prompts], pad, self.device)
+            if object_features is None:
+                object_features = [f for p in prompts for f in p.cache.object_features]
+            embeds = torch.cat([p.cache.features.image_embeds for p in prompts])
+            inputs |= {"image_features": ChatRexImageFeatures(image_embeds=embeds), "object_features": object_features}
+        budgets = [p.max_new_tokens for p in prompts]
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=prompt.input_ids,
-                attention_mask=torch.ones_like(prompt.input_ids),
-                image_features=cache.features,
-                object_features=object_features if object_features is not None else cache.object_features,
-                max_new_tokens=prompt.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-                eos_token_id=self.stop_token_ids,
-                **generate_kwargs,
-            )
-        return self.processor.decode(out[0, prompt.input_ids.shape[1]:])
+            out = self.model.generate(**inputs, max_new_tokens=max(budgets), do_sample=False, pad_token_id=pad,
+                                      eos_token_id=self.stop_token_ids, **generate_kwargs)
+        rows = generated_rows(out, inputs["input_ids"].shape[1], budgets, self.stop_token_ids)
+        return [self.processor.decode(row) for row in rows]
 
     def _generate(self, question: str, object_features=None, num_boxes: int | None = None, max_new_tokens: int | None = None,
                   history=None) -> str:
@@ -421,6 +398,14 @@ class ChatRexPredictor:
         prompt = self._prompt(self._question(question, grounded), max_new_tokens=max_new_tokens, history=history)
         return self._answer(self._run(prompt), prompt)
 
+    def ask_batch(self, questions: list[str], max_new_tokens: int | None = None, grounded: bool = False, batch_size: int = 8) -> list[Answer]:
+        """:meth:`ask` for several questions about the current image (no history), generated
+        ``batch_size`` at a time over the image's shared prefix; equal to asking one at a time."""
+        _check_batch_size(batch_size)
+        prompts = [self._prompt(self._question(q, grounded), max_new_tokens=max_new_tokens) for q in questions]
+        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        return [self._answer(raw, prompt) for raw, prompt in zip(raws, prompts)]
+
     def ask_stream(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Iterator[Answer]:
         """:meth:`ask`, answered as it is generated: yields the answer so far, parsed, after each
         new token (a grounded phrase gets its boxes once its ``<objects>`` list is closed). The
@@ -431,11 +416,11 @@ class ChatRexPredictor:
         current token. Errors (an empty or too long question, a bad history) are raised by the
         first ``next()``."""
         prompt = self._prompt(self._question(question, grounded), max_new_tokens=max_new_tokens, history=history)
-        tokens, stop, result = _TokenQueue(), threading.Event(), {}
+        tokens, stop, result = TokenQueue(), threading.Event(), {}
 
         def generate():
             try:
-                result["raw"] = self._run(prompt, streamer=tokens, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]))
+                result["raw"] = self._run(prompt, streamer=tokens, stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
             except BaseException as err:  # handed to the reader, which raises it
                 result["error"] = err
                 tokens.end()
@@ -465,19 +450,56 @@ class ChatRexPredictor:
         """Boxes of every object matching ``phrase`` (a category, short phrase or referring
         expression). ``kind`` picks the prompt family; ``"auto"``: one word -> category,
         starting with "the" -> referring, else phrase."""
-        phrase = (phrase or "").strip()
+        return self.detect_batch([phrase], kind)[0]
+
+    def detect_batch(self, phrases: list[str], kind: str = "auto", batch_size: int = 8) -> list[Detection]:
+        """:meth:`detect` for several phrases about the current image, ``batch_size`` questions
+        per ``generate`` call over the image's shared prefix. The answers equal those of
+        :meth:`detect` one phrase at a time (greedy decoding, same tokens)."""
+        cache = self._require()
+        return self._detect_on([cache] * len(phrases), list(phrases), kind, batch_size)
+
+    def detect_images(self, images: list, phrases: str | list[str], kind: str = "auto", batch_size: int = 8) -> list[Detection]:
+        """:meth:`detect` over many images: ``phrases[i]`` on ``images[i]`` (or one phrase on
+        every image). Each group of ``batch_size`` images goes through the proposal network
+        and both encoders as one batch, and their questions are generated together, each with
+        its own image's box list. Results equal ``set_image`` then ``detect`` image by image.
+        The current image (:meth:`set_image`) stays as it was."""
+        images = list(images)
+        phrases = [phrases] * len(images) if isinstance(phrases, str) else list(phrases)
+        if len(phrases) != len(images):
+            raise ValueError(f"{len(images)} images but {len(phrases)} phrases")
+        _check_batch_size(batch_size)
+        questions = [self._detection_question(p, kind) for p in phrases]  # every phrase checked before any work
+        out = []
+        for start in range(0, len(images), batch_size):
+            caches = self._encode(images[start : start + batch_size])
+            out += self._detect_on(caches, [p for p, _ in questions[start : start + batch_size]], kind, batch_size)
+        return out
+
+    def _detection_question(self, phrase: str, kind: str) -> tuple[str, str]:
+        """``(phrase, question)``: the stripped phrase and the prompt asking for it."""
+        phrase = (phrase or "").strip() if isinstance(phrase, str) or phrase is None else phrase
+        if not isinstance(phrase, str):
+            raise ValueError(f"a phrase must be a string, got {phrase!r}")
         if not phrase:
             raise ValueError("phrase is empty")
         if kind == "auto":
             kind = "category" if len(phrase.split()) == 1 else "referring" if phrase.lower().startswith("the ") else "phrase"
         if kind not in self.prompts.detection:
             raise ValueError(f"kind must be 'auto' or one of {sorted(self.prompts.detection)}, got {kind!r}")
-        question = self.prompts.detection[kind].format(phrase=phrase)
-        raw = self._generate(question)
-        cache = self._require()
-        parsed = self._parse(raw, cache.boxes.tolist())
-        indices = parsed.indices
-        return Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw, question)
+        return phrase, self.prompts.detection[kind].format(phrase=phrase)
+
+    def _detect_on(self, caches: list[_Cache], phrases: list[str], kind: str, batch_size: int) -> list[Detection]:
+        _check_batch_size(batch_size)
+        questions = [self._detection_question(p, kind) for p in phrases]
+        prompts = [self._prompt(q, cache=c) for c, (_, q) in zip(caches, questions)]
+        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        out = []
+        for cache, (phrase, question), raw in zip(caches, questions, raws):
+            indices = self._parse(raw, cache.boxes.tolist()).indices
+            out.append(Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw, question))
+        return out
 
     def describe(self, box_or_index, level: str = "category") -> str:
         """Describe one region: an index into :attr:`boxes`, or a pixel xyxy box (added to the

@@ -70,7 +70,7 @@ def test_proposals_come_from_upn(predictor, image_path):
 
 def test_detect_indices_map_to_pixel_boxes(predictor, image_path, monkeypatch):
     predictor.set_image(Image.open(image_path), boxes=BOXES)
-    monkeypatch.setattr(predictor, "_generate", lambda *a, **k: "<ground>car</ground><objects><obj2><obj9></objects>")
+    monkeypatch.setattr(predictor, "_run_batch", lambda prompts, *a, **k: ["<ground>car</ground><objects><obj2><obj9></objects>"] * len(prompts))
     det = predictor.detect("car")
     assert det.indices == [2] and det.boxes == [pytest.approx(BOXES[2])]
 
@@ -79,15 +79,19 @@ def test_describe_a_new_box_extends_the_list(predictor, image_path, monkeypatch)
     predictor.set_image(Image.open(image_path), boxes=BOXES)
     seen = {}
 
-    def fake(question, object_features=None, num_boxes=None, max_new_tokens=None):
-        seen.update(question=question, k=num_boxes, n=None if object_features is None else len(object_features[0]))
-        return "tree"
+    tokenizer = predictor.processor.tokenizer
 
-    monkeypatch.setattr(predictor, "_generate", fake)
+    def fake(prompts, object_features=None):
+        text = tokenizer.decode(prompts[0].input_ids[0])
+        seen.update(question=text.split("\n")[-3].split("<|im_end|>")[0], k=text.count("<objfeat>"),
+                    n=None if object_features is None else len(object_features[0]))
+        return ["tree"]
+
+    monkeypatch.setattr(predictor, "_run_batch", fake)
     assert predictor.describe([70, 5, 100, 30]) == "tree"
     assert seen == {"question": "What is the category of <obj3>?", "k": 4, "n": 4}
     predictor.describe([50, 20, 120, 90])  # an existing box is described by its index
-    assert seen["question"] == "What is the category of <obj1>?" and seen["k"] is None
+    assert seen == {"question": "What is the category of <obj1>?", "k": 3, "n": None}
 
 
 def test_predictor_errors(predictor, image_path):

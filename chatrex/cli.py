@@ -74,20 +74,28 @@ def _upn_argument(value: str | None) -> str | None:
     return str(checkpoints[0])
 
 
-def _image_and_predictor(args):
-    """Check the image, load the model, and encode the image once (with the proposal network's
-    boxes, or those of ``--boxes``)."""
+def _predictor(args):
     from .predictor import ChatRexPredictor
 
-    _check_device(args)
-    image = _load_image(args.image)
-    boxes = _read_boxes(getattr(args, "boxes", None))
     try:
-        predictor = ChatRexPredictor.from_pretrained(args.model, upn=_upn_argument(args.upn), device=args.device, torch_dtype=args.dtype)
-        predictor.set_image(image, boxes=boxes)
+        return ChatRexPredictor.from_pretrained(args.model, upn=_upn_argument(args.upn), device=args.device, torch_dtype=args.dtype,
+                                                max_new_tokens=args.max_new_tokens)
     except (ValueError, RuntimeError, OSError) as err:
         # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
         # that miss a key (strict loading names it)
+        raise UserError(_one_line(err)) from None
+
+
+def _image_and_predictor(args):
+    """Check the image, load the model, and encode the image once (with the proposal network's
+    boxes, or those of ``--boxes``)."""
+    _check_device(args)
+    image = _load_image(args.image)
+    boxes = _read_boxes(getattr(args, "boxes", None))
+    predictor = _predictor(args)
+    try:
+        predictor.set_image(image, boxes=boxes)
+    except (ValueError, RuntimeError) as err:  # e.g. a model without a UPN and no --boxes
         raise UserError(_one_line(err)) from None
     return image, predictor
 
@@ -101,6 +109,18 @@ def _check_device(args) -> None:
         resolve_device_dtype(args.device, getattr(args, "dtype", None))
     except ValueError as err:
         raise UserError(_one_line(err)) from None
+
+
+def _max_new_tokens(value: str) -> int:
+    from .predictor import MAX_NEW_TOKENS
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_NEW_TOKENS}], got {value!r}")
+    return n
 
 
 def _device_arguments(p) -> None:
@@ -149,6 +169,15 @@ def _save(image, path: str) -> None:
 
 
 def cmd_detect(args) -> int:
+    if args.inputs is not None and args.items:
+        raise UserError("give either IMAGE... PHRASE or --inputs FILE.jsonl, not both")
+    if args.inputs is None and len(args.items) < 2:
+        raise UserError("give one or more images and then the phrase (IMAGE... PHRASE), or --inputs FILE.jsonl")
+    if args.inputs is not None or len(args.items) > 2 or args.output is not None:
+        from .cli_detect_many import detect_many
+
+        return detect_many(args)
+    args.image, args.phrase = args.items
     phrase = _text_argument(args.phrase, "phrase")
     image, predictor = _image_and_predictor(args)
     try:
@@ -311,14 +340,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--upn", help="UPN folder, upn_large.pth, bundled name (upn-tiny) or Hugging Face id (default: the model folder's upn/)")
         p.add_argument("--verbose", action="store_true", help="show progress bars and library messages on stderr")
 
-    p = sub.add_parser("detect", help="find the objects a phrase refers to", epilog='example: chatrex detect examples/scene1.png "the red house" --out annotated.png',
-                       description="Print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.")
-    common(p)
-    p.add_argument("phrase", help="category, short phrase or referring expression")
-    p.add_argument("--out", help="write the image with labelled boxes here")
-    p.add_argument("--json", action="store_true", help='print {"phrase", "boxes", "answer"} as one JSON object')
+    p = sub.add_parser("detect", help="find the objects a phrase refers to, in one image or many",
+                       usage="chatrex detect [options] IMAGE [IMAGE ...] PHRASE\n       chatrex detect [options] --inputs FILE.jsonl [--output FILE.jsonl [--resume]]",
+                       epilog='examples:\n  chatrex detect examples/scene1.png "the red house" --out annotated.png\n'
+                              '  chatrex detect examples/*.png boat --output boats.jsonl --batch-size 8\n'
+                              '  chatrex detect --inputs queries.jsonl --output results.jsonl --resume',
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="One image: print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.\n"
+                                   "Several images, or --inputs: one JSON line per input, written as each batch finishes:\n"
+                                   '  {"image", "phrase", "boxes", "scores", "indices", "answer"}, or {"image", "phrase", "error"}\n'
+                                   "for an image that cannot be read (the run goes on). A progress bar goes to stderr when\n"
+                                   "the results do not go to a terminal, or with --verbose.")
+    common(p, image=False)
+    p.add_argument("items", nargs="*", metavar="IMAGE... PHRASE", help="image files, then the category, short phrase or referring expression")
+    p.add_argument("--inputs", metavar="FILE.jsonl", help='{"image": PATH, "phrase": TEXT} lines, image paths relative to the file\'s folder')
+    p.add_argument("--output", metavar="FILE.jsonl", help="write the JSON lines here instead of stdout (needed by --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an --output file a stopped run left: its answered inputs are skipped")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch through the proposal network, the encoders and generation (default 8)")
+    p.add_argument("--out", help="one image: write it with labelled boxes here")
+    p.add_argument("--json", action="store_true", help='one image: print {"phrase", "boxes", "answer"} as one JSON object')
     _boxes_argument(p)
     _device_arguments(p)
+    p.add_argument("--max-new-tokens", type=_max_new_tokens, default=256, metavar="N", help="longest answer in tokens (default 256)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("ask", help="ask a question about an image", epilog='example: chatrex ask examples/scene1.png "Is there a red house in the image?"',
@@ -329,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the answer, raw text and spans as JSON")
     _boxes_argument(p)
     _device_arguments(p)
+    p.add_argument("--max-new-tokens", type=_max_new_tokens, default=256, metavar="N", help="longest answer in tokens (default 256)")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("proposals", help="show the proposal network's boxes", epilog="example: chatrex proposals examples/scene1.png --granularity fine --out props.png",

@@ -68,6 +68,32 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: 
             yield (line_number, row) if line_numbers else row
 
 
+def cut_torn_tail(path: str) -> None:
+    """Truncate ``path`` after its last newline: a line a killed process did not finish. Call
+    it before appending to a file a run may have left behind, so new lines start on a line
+    of their own."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        block = min(size, 1 << 16)
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                if end != size:
+                    f.truncate(end)
+                return
+            pos = start
+        f.truncate(0)
+
+
 class JsonlRecords:
     """Random access to the records (docs/records.md, one image per line) of one or more JSONL files.
 

@@ -14,7 +14,7 @@ import glob
 import json
 import os
 
-from ..jsonl import read_jsonl
+from ..jsonl import cut_torn_tail, read_jsonl
 
 PARTS = "parts"
 
@@ -23,37 +23,13 @@ def part_path(out_dir: str, rank: int, world: int) -> str:
     return os.path.join(out_dir, PARTS, f"part-{rank:03d}-of-{world:03d}.jsonl")
 
 
-def _cut_torn_tail(path: str) -> None:
-    """Truncate ``path`` after its last newline: a line a killed process did not finish."""
-    if not os.path.isfile(path):
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        block = min(size, 1 << 16)
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                end = start + nl + 1
-                if end != size:
-                    f.truncate(end)
-                return
-            pos = start
-        f.truncate(0)
-
-
 class PartWriter:
     """Appends lines (dicts with a ``"key"`` entry) to this process's part file."""
 
     def __init__(self, out_dir: str, rank: int = 0, world: int = 1):
         self.path = part_path(out_dir, rank, world)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        _cut_torn_tail(self.path)
+        cut_torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def append(self, line: dict) -> None:

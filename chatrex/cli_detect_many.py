@@ -1,0 +1,61 @@
+"""``chatrex detect`` with several images or ``--inputs FILE.jsonl``: the command-line side of
+:mod:`chatrex.detect_many` (argument checks, the output file, resume and the progress bar)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tqdm.auto import tqdm
+
+from .cli import UserError, _check_device, _predictor, _text_argument
+from .detect_many import DetectInput, pending, read_inputs, run
+
+
+def _inputs(args) -> list[DetectInput]:
+    if args.inputs is not None:
+        try:
+            return read_inputs(args.inputs)
+        except FileNotFoundError:
+            raise UserError(f"--inputs {args.inputs}: no such file") from None
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    *images, phrase = args.items
+    phrase = _text_argument(phrase, "phrase")
+    return [DetectInput(image, phrase, image) for image in images]
+
+
+def _check(args) -> None:
+    for flag, value in (("--out", args.out), ("--json", args.json), ("--boxes", args.boxes)):
+        if value:
+            raise UserError(f"{flag} is for one image; with several images or --inputs the results are JSON lines (see --help)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.resume and args.output is None:
+        raise UserError("--resume continues an --output file; give --output FILE.jsonl")
+    if args.output is not None and not args.resume and os.path.isfile(args.output) and os.path.getsize(args.output) > 0:
+        raise UserError(f"{args.output} already exists; add --resume to continue it, or remove it to start again")
+
+
+def detect_many(args) -> int:
+    _check(args)
+    inputs = _inputs(args)
+    todo = pending(inputs, args.output) if args.resume else inputs
+    if not todo:
+        print(f"all {len(inputs)} inputs already have a line in {args.output}", file=sys.stderr)
+        return 0
+    _check_device(args)
+    predictor = _predictor(args)
+    out = open(args.output, "a", encoding="utf-8") if args.output is not None else sys.stdout
+    # The results themselves show progress on a terminal; a bar would only garble them.
+    show = args.verbose or not out.isatty()
+    try:
+        with tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="detect", unit="input", file=sys.stderr, disable=not show) as bar:
+            errors = run(predictor, todo, out, batch_size=args.batch_size, progress=bar)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if errors:
+        where = args.output if args.output is not None else "the output"
+        print(f"{errors} of {len(todo)} inputs could not be answered; their lines in {where} say why", file=sys.stderr)
+    return 0

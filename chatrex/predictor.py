@@ -60,6 +60,16 @@ def _check_batch_size(value) -> int:
     return int(value)
 
 
+def _per_item(value, n: int, name: str) -> list:
+    """One ``value`` for each of ``n`` items: a string repeated, or a list of exactly ``n``."""
+    if isinstance(value, str):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{n} items but {len(value)} values of {name}")
+    return value
+
+
 def bundled_models() -> list[str]:
     """Names of the models shipped inside the package (e.g. ``chatrex-tiny``)."""
     if not BUNDLED_DIR.is_dir():
@@ -452,14 +462,15 @@ class ChatRexPredictor:
         starting with "the" -> referring, else phrase."""
         return self.detect_batch([phrase], kind)[0]
 
-    def detect_batch(self, phrases: list[str], kind: str = "auto", batch_size: int = 8) -> list[Detection]:
+    def detect_batch(self, phrases: list[str], kind: str | list[str] = "auto", batch_size: int = 8) -> list[Detection]:
         """:meth:`detect` for several phrases about the current image, ``batch_size`` questions
-        per ``generate`` call over the image's shared prefix. The answers equal those of
-        :meth:`detect` one phrase at a time (greedy decoding, same tokens)."""
+        per ``generate`` call over the image's shared prefix. ``kind``: one for all phrases, or
+        one per phrase. The answers equal those of :meth:`detect` one phrase at a time (greedy
+        decoding, same tokens)."""
         cache = self._require()
         return self._detect_on([cache] * len(phrases), list(phrases), kind, batch_size)
 
-    def detect_images(self, images: list, phrases: str | list[str], kind: str = "auto", batch_size: int = 8) -> list[Detection]:
+    def detect_images(self, images: list, phrases: str | list[str], kind: str | list[str] = "auto", batch_size: int = 8) -> list[Detection]:
         """:meth:`detect` over many images: ``phrases[i]`` on ``images[i]`` (or one phrase on
         every image). Each group of ``batch_size`` images goes through the proposal network
         and both encoders as one batch, and their questions are generated together, each with
@@ -470,11 +481,25 @@ class ChatRexPredictor:
         if len(phrases) != len(images):
             raise ValueError(f"{len(images)} images but {len(phrases)} phrases")
         _check_batch_size(batch_size)
-        questions = [self._detection_question(p, kind) for p in phrases]  # every phrase checked before any work
+        kinds = _per_item(kind, len(phrases), "kind")
+        for p, k in zip(phrases, kinds):  # every phrase checked before any work
+            self._detection_question(p, k)
         out = []
         for start in range(0, len(images), batch_size):
-            caches = self._encode(images[start : start + batch_size])
-            out += self._detect_on(caches, [p for p, _ in questions[start : start + batch_size]], kind, batch_size)
+            chunk = slice(start, start + batch_size)
+            out += self._detect_on(self._encode(images[chunk]), phrases[chunk], kinds[chunk], batch_size)
+        return out
+
+    def ask_images(self, images: list, question: str, max_new_tokens: int | None = None, grounded: bool = False, batch_size: int = 8) -> list[Answer]:
+        """:meth:`ask` one question about each of many images (e.g. a caption for each), with
+        the proposal network, both encoders and generation batched ``batch_size`` images at a
+        time. Equal to ``set_image`` then ``ask`` image by image; the current image stays."""
+        _check_batch_size(batch_size)
+        question = self._question(question, grounded)
+        images, out = list(images), []
+        for start in range(0, len(images), batch_size):
+            prompts = [self._prompt(question, max_new_tokens=max_new_tokens, cache=c) for c in self._encode(images[start : start + batch_size])]
+            out += [self._answer(raw, prompt) for raw, prompt in zip(self._run_batch(prompts), prompts)]
         return out
 
     def _detection_question(self, phrase: str, kind: str) -> tuple[str, str]:
@@ -490,9 +515,9 @@ class ChatRexPredictor:
             raise ValueError(f"kind must be 'auto' or one of {sorted(self.prompts.detection)}, got {kind!r}")
         return phrase, self.prompts.detection[kind].format(phrase=phrase)
 
-    def _detect_on(self, caches: list[_Cache], phrases: list[str], kind: str, batch_size: int) -> list[Detection]:
+    def _detect_on(self, caches: list[_Cache], phrases: list[str], kind: str | list[str], batch_size: int) -> list[Detection]:
         _check_batch_size(batch_size)
-        questions = [self._detection_question(p, kind) for p in phrases]
+        questions = [self._detection_question(p, k) for p, k in zip(phrases, _per_item(kind, len(phrases), "kind"))]
         prompts = [self._prompt(q, cache=c) for c, (_, q) in zip(caches, questions)]
         raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
         out = []

@@ -2,7 +2,9 @@
 grounding, region captioning and referring rewrites, so an engine run works out of the box.
 
 All jobs share one :class:`~chatrex.ChatRexPredictor` per model name and process, whose image
-cache means an image is encoded once for all of its questions.
+cache means an image is encoded once for all of its questions. Captions batch the images of a
+call (proposals, encoders and generation), and grounding batches each image's phrases over its
+shared prefix; the answers are those of one question at a time.
 """
 
 from __future__ import annotations
@@ -49,11 +51,8 @@ class ChatRexBackend:
         return {"backend": "chatrex", "model": self.model}
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
-        out = []
-        for image in images:
-            self.predictor.set_image(image)
-            out.append(self.predictor.ask(self.caption_prompt, max_new_tokens=self.max_new_tokens).text.strip())
-        return out
+        answers = self.predictor.ask_images(list(images), self.caption_prompt, max_new_tokens=self.max_new_tokens)
+        return [a.text.strip() for a in answers]
 
     @staticmethod
     def query(phrase: str) -> tuple[str, str]:
@@ -69,11 +68,9 @@ class ChatRexBackend:
         out = []
         for image, texts in zip(images, phrases):
             self.predictor.set_image(image)
-            found = []
-            for text in texts:
-                det = self.predictor.detect(*self.query(text))
-                found.extend(GroundedBox(text, tuple(box), score) for box, score in zip(det.boxes, det.scores))
-            out.append(found)
+            queries = [self.query(text) for text in texts]
+            dets = self.predictor.detect_batch([q for q, _ in queries], kind=[k for _, k in queries])
+            out.append([GroundedBox(text, tuple(box), score) for text, det in zip(texts, dets) for box, score in zip(det.boxes, det.scores)])
         return out
 
     def describe(self, image: Image.Image, boxes, phrases: Sequence[str]) -> list[RegionText]:

@@ -117,3 +117,30 @@ def test_prefix_ends_at_the_last_placeholder():
 def test_generated_rows_cut_at_stop_and_budget():
     out = torch.tensor([[5, 5, 1, 2, 0, 8], [5, 5, 3, 4, 6, 0]])
     assert generated_rows(out, 2, budgets=[4, 2], stop_ids=[0]) == [[1, 2, 0], [3, 4]]
+
+
+def test_ask_images_equals_image_by_image(predictor, full_prompts, images):
+    question = predictor.prompts.grounded_caption
+    batched = predictor.ask_images(list(images.values()), question, max_new_tokens=48, batch_size=2)
+    expected = []
+    for image in images.values():
+        full_prompts.set_image(image)
+        expected.append(full_prompts.ask(question, max_new_tokens=48).raw)
+    assert [a.raw for a in batched] == expected
+
+
+def test_data_engine_grounding_batches_each_images_phrases(predictor, reference, images):
+    from data_engine.backends import chatrex_backend
+
+    backend = chatrex_backend.ChatRexBackend()
+    chatrex_backend.shared_predictor.cache_clear()
+    original = chatrex_backend.shared_predictor
+    chatrex_backend.shared_predictor = lambda model, device="cpu": predictor
+    try:
+        entry = CONTENTS[0]
+        texts = _queries(entry)[:6]
+        found = backend.ground([images[entry["image"]]], [texts])[0]
+    finally:
+        chatrex_backend.shared_predictor = original
+    expected = [(d.phrase, tuple(b)) for d in reference[entry["image"]][:6] for b in d.boxes]
+    assert [(g.phrase, g.box) for g in found] == expected and expected

@@ -302,7 +302,7 @@ def cmd_eval(args) -> int:
         raise UserError(missing_records_message(args.data))
     try:
         table = evaluate(args.model, args.data, args.task, limit=args.limit, upn=args.upn, progress=progress, per_image=args.per_image,
-                         proposal_min_score=args.proposal_min_score)
+                         proposal_min_score=args.proposal_min_score, batch_size=args.batch_size)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
         raise UserError(f"{type(err).__name__}: {err}") from None
     print(table.format())
@@ -402,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proposal-min-score", type=float, help="UPN score threshold for the box list (default: the predictor's)")
     p.add_argument("--per-image", type=int, help="at most N queries per image (categories, expressions or regions), drawn reproducibly")
     p.add_argument("--json-out", help="also write the metrics as JSON here")
+    p.add_argument("--batch-size", type=int, default=8, help="an image's questions per generate call, over its shared prefix (default 8; "
+                   "the metrics do not depend on it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal or with --verbose")
     p.set_defaults(func=cmd_eval)
 

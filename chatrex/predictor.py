@@ -166,9 +166,12 @@ class ChatRexPredictor:
         writes the converted folder once instead."""
         device, dtype = resolve_device_dtype(device, torch_dtype)
         path = resolve_model_path(name_or_path)
-        from .official.convert import is_official_folder, load_official
+        # Reads config.json only; the converter (CLIP/LLM builders) is imported for released folders alone.
+        from .official.layout import is_official_folder
 
         if is_official_folder(path):
+            from .official.convert import load_official
+
             model, processor = load_official(path, dtype=dtype, device=device)
         else:
             # Bundled weights are stored in fp16 to keep the repository small; CPUs want fp32.
@@ -525,6 +528,24 @@ class ChatRexPredictor:
             indices = self._parse(raw, cache.boxes.tolist()).indices
             out.append(Detection(phrase, [cache.boxes[i].tolist() for i in indices], indices, [float(cache.scores[i]) for i in indices], raw, question))
         return out
+
+    def describe_batch(self, indices: list[int], level: str | list[str] = "category", batch_size: int = 8) -> list[str]:
+        """:meth:`describe` for several boxes of the current image, by index into :attr:`boxes`,
+        ``batch_size`` questions per ``generate`` call over the image's shared prefix; equal to
+        describing them one at a time. ``level``: one for all, or one per index."""
+        _check_batch_size(batch_size)
+        cache = self._require()
+        levels = _per_item(level, len(indices), "level")
+        questions = []
+        for index, lvl in zip(indices, levels):
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(cache.boxes):
+                raise ValueError(f"box index {index!r} out of range: the image has {len(cache.boxes)} boxes")
+            if lvl not in DESCRIBE_LEVELS:
+                raise ValueError(f"level must be one of {DESCRIBE_LEVELS}, got {lvl!r}")
+            questions.append(self.prompts.region[lvl].format(obj=f"<obj{int(index)}>"))
+        prompts = [self._prompt(q) for q in questions]
+        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        return [self._parse(raw, None).text.strip() for raw in raws]
 
     def describe(self, box_or_index, level: str = "category") -> str:
         """Describe one region: an index into :attr:`boxes`, or a pixel xyxy box (added to the

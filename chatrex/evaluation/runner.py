@@ -62,13 +62,17 @@ def _sample(items: list, k: int | None, key: str) -> list:
 
 
 def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn: str | None = None, progress: bool = True, predictor=None,
-             per_image: int | None = None, proposal_min_score: float | None = None, device: str = "cpu") -> EvalTable:
+             per_image: int | None = None, proposal_min_score: float | None = None, device: str = "cpu", batch_size: int = 8) -> EvalTable:
     """Evaluate ``model`` (bundled name or folder) on ``data_dir/records.jsonl`` (or the records
     file ``data_dir``) for ``task``.
 
     ``limit`` caps the images; ``per_image`` caps the queries (detection: categories,
-    referring: expressions, region: regions) per image, drawn reproducibly.
+    referring: expressions, region: regions) per image, drawn reproducibly. An image's queries
+    are asked ``batch_size`` at a time over its shared prefix (the answers, and so the
+    metrics, are those of one question at a time).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if predictor is None:
@@ -79,13 +83,13 @@ def evaluate(model: str, data_dir: str, task: str, limit: int | None = None, upn
     records = _records(data_dir, limit)
     start = time.perf_counter()
     run = {"detection": _detection, "referring": _referring, "region": _region, "proposals": _proposals, "grounded_caption": _grounded_caption}[task]
-    metrics = run(predictor, tqdm(records, desc=f"eval {task}", disable=not progress), per_image)
+    metrics = run(predictor, tqdm(records, desc=f"eval {task}", disable=not progress), per_image, batch_size)
     metrics["images"] = len(records)
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     return EvalTable(task, metrics)
 
 
-def _detection(predictor, records, per_image) -> dict:
+def _detection(predictor, records, per_image, batch_size) -> dict:
     """Every category present in an image is queried by name (kind="category")."""
     counts: dict[str, ClassCounts] = defaultdict(ClassCounts)
     coco_images = []
@@ -96,8 +100,7 @@ def _detection(predictor, records, per_image) -> dict:
             gt[r["category"]].append(r["box"])
         gt = {c: gt[c] for c in _sample(sorted(gt), per_image, _sample_key(rec))}
         preds = {}
-        for category, boxes in gt.items():
-            det = predictor.detect(category, kind="category")
+        for (category, boxes), det in zip(gt.items(), predictor.detect_batch(list(gt), kind="category", batch_size=batch_size)):
             counts[category].add(det.boxes, boxes)
             preds[category] = list(zip(det.boxes, det.scores))
         coco_images.append({"gt": dict(gt), "pred": preds, "width": rec["width"], "height": rec["height"]})
@@ -105,16 +108,16 @@ def _detection(predictor, records, per_image) -> dict:
     return {"precision@0.5": precision, "recall@0.5": recall, **coco_map(coco_images), "classes": len(counts), "queries": sum(len(im["gt"]) for im in coco_images)}
 
 
-def _referring(predictor, records, per_image) -> dict:
+def _referring(predictor, records, per_image, batch_size) -> dict:
     correct = total = neg_correct = neg_total = 0
     for rec in records:
         queries = _sample([q for q in rec.get("queries", []) if q.get("type") == "referring"], per_image, _sample_key(rec))
         if not queries:
             continue
         predictor.set_image(_image(rec["image"]))
-        for q in queries:
+        for q, det in zip(queries, predictor.detect_batch([q["text"] for q in queries], kind="referring", batch_size=batch_size)):
             targets = [rec["regions"][t]["box"] for t in q.get("targets", [])]
-            ok = referring_correct(predictor.detect(q["text"], kind="referring").boxes, targets)
+            ok = referring_correct(det.boxes, targets)
             correct += ok
             total += 1
             if not targets:
@@ -128,7 +131,7 @@ def _referring(predictor, records, per_image) -> dict:
     }
 
 
-def _region(predictor, records, per_image) -> dict:
+def _region(predictor, records, per_image, batch_size) -> dict:
     """Ground-truth boxes are the box list; each region's category is asked by index."""
     correct = total = 0
     per_granularity = defaultdict(lambda: [0, 0])
@@ -137,9 +140,10 @@ def _region(predictor, records, per_image) -> dict:
         if not regions:
             continue
         predictor.set_image(_image(rec["image"]), boxes=[r["box"] for r in regions])
-        for i in _sample(list(range(len(regions))), per_image, _sample_key(rec)):
+        chosen = _sample(list(range(len(regions))), per_image, _sample_key(rec))
+        for i, text in zip(chosen, predictor.describe_batch(chosen, level="category", batch_size=batch_size)):
             r = regions[i]
-            ok = predictor.describe(i, level="category").strip().lower() == r["category"].lower()
+            ok = text.strip().lower() == r["category"].lower()
             correct += ok
             total += 1
             g = per_granularity[r.get("granularity", "coarse")]
@@ -152,7 +156,7 @@ def _region(predictor, records, per_image) -> dict:
     return out
 
 
-def _grounded_caption(predictor, records, per_image) -> dict:
+def _grounded_caption(predictor, records, per_image, batch_size) -> dict:
     """Ask for a grounded caption; every box the answer grounds is matched one-to-one (IoU >= 0.5)
     against the image's whole objects (coarse regions). Recall: whole objects grounded;
     precision: grounded boxes that are a whole object. Micro-averaged over images."""
@@ -174,7 +178,7 @@ def _grounded_caption(predictor, records, per_image) -> dict:
     }
 
 
-def _proposals(predictor, records, per_image) -> dict:
+def _proposals(predictor, records, per_image, batch_size) -> dict:
     """Recall@100 at IoU 0.5 of the merged fine+coarse proposal list the LLM sees."""
     found = defaultdict(int)
     totals = defaultdict(int)

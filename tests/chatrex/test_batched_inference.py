@@ -144,3 +144,16 @@ def test_data_engine_grounding_batches_each_images_phrases(predictor, reference,
         chatrex_backend.shared_predictor = original
     expected = [(d.phrase, tuple(b)) for d in reference[entry["image"]][:6] for b in d.boxes]
     assert [(g.phrase, g.box) for g in found] == expected and expected
+
+
+@pytest.mark.parametrize("task", ["detection", "referring", "region"])
+def test_eval_metrics_do_not_depend_on_the_batch_size(predictor, tmp_path_factory, task):
+    from chatrex.evaluation.runner import evaluate
+    from data_engine.synthetic.generator import write_split
+
+    data = tmp_path_factory.getbasetemp() / "eval4"
+    if not (data / "records.jsonl").exists():
+        write_split(data, "test", 4, seed=11, size=384)
+    one, eight = (evaluate("", str(data), task, predictor=predictor, progress=False, per_image=5, batch_size=b).metrics for b in (1, 4))
+    one.pop("seconds"), eight.pop("seconds")
+    assert one == eight and one.get("queries", one.get("regions")) >= 12

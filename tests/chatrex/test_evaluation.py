@@ -90,7 +90,7 @@ def test_grounded_caption_scores_whole_objects_hand_computed(tmp_path, monkeypat
             return SimpleNamespace(spans=next(answers))
 
     monkeypatch.setattr(runner, "_image", lambda path: None)
-    metrics = runner._grounded_caption(FakePredictor(), records, None)
+    metrics = runner._grounded_caption(FakePredictor(), records, None, 8)
     assert metrics["whole-object recall@0.5"] == pytest.approx(2 / 3)
     assert metrics["grounding precision@0.5"] == pytest.approx(2 / 3)
     assert metrics["whole objects"] == 3 and metrics["grounded boxes"] == 3

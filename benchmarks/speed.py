@@ -65,7 +65,15 @@ def breakdown(p: ChatRexPredictor, image: Image.Image, runs: int) -> dict:
         out["vision_low_s"] = median_time(lambda: m.vision_low(low[None], output_hidden_states=True), runs)
         out["vision_high_s"] = median_time(lambda: m.vision_high(high[None], output_hidden_states=True), runs)
         feats = m.get_image_features(low[None], high[None])
-        out["projector_s"] = median_time(lambda: m.get_image_features(low[None], high[None]), runs) - out["vision_low_s"] - out["vision_high_s"]
+        # The projectors timed on their own, on their real inputs: the fused CLIP + ConvNeXt tokens
+        # (B, grid², C_low + C_last) and this image's pooled box features (K, C_obj). Subtracting the
+        # towers' medians from get_image_features' (separate runs) went negative: the projector
+        # costs less than the runs' spread.
+        fused, stages = m.encode_image(low[None], high[None])
+        pooled = m.object_encoder([s.float() for s in stages], [boxes])
+        out["image_projector_s"] = median_time(lambda: m.project_image(fused), runs)
+        out["object_projector_s"] = median_time(lambda: m.project_objects(pooled), runs)
+        out["projector_s"] = median_time(lambda: (m.project_image(fused), m.project_objects(pooled)), runs)
         out["object_encoder_s"] = median_time(lambda: m.get_object_features(feats.high_res_features, [boxes]), runs)
         objects = m.get_object_features(feats.high_res_features, [boxes])
         question = templates.DETECTION["category"][0].format(phrase="boat")

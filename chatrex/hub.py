@@ -255,7 +255,7 @@ def resolve_model(name_or_path: str | os.PathLike, bundled_dir: Path) -> Path:
         if not (snapshot / "config.json").is_file():
             raise ValueError(f"model {text}: its cached snapshot {snapshot} has no config.json (an interrupted download? "
                              f"run `hf download {text}` again)")
-        from .official.convert import is_official_folder
+        from .official.layout import is_official_folder  # reads JSON only; the converter is imported when needed
 
         return convert_official_once(snapshot, text) if is_official_folder(snapshot) else snapshot
     raise NotFoundError(f"unknown model {text!r}: {text} does not exist (give a model folder with config.json, a bundled name: "

@@ -59,11 +59,12 @@ from ..modeling_chatrex import ChatRexForConditionalGeneration
 from ..presets import OFFICIAL_NUMERICS
 from ..processing_chatrex import ChatRexProcessor
 from ..special_tokens import add_special_tokens
+from .layout import CONVNEXT_KEY, is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
 from .synthetic import OFFICIAL_ADDED_TOKENS
 
-# Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc).
+# Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc). CONVNEXT_KEY
+# lives in .layout with is_official_folder, which the loaders call without importing this module.
 CLIP_KEY = re.compile(r"(?:model\.)?vision_tower\.vision_tower\.(.+)")
-CONVNEXT_KEY = re.compile(r"(?:model\.)?vision_tower_aux\.vision_(stem|stages)\.(.+)")
 PROJECTOR_KEY = re.compile(r"(?:model\.)?(mm_projector|mm_object_projector)\.(\d+\.(?:weight|bias))")
 LLM_KEY = re.compile(r"model\.(.+)")
 HEAD_KEY = "lm_head.weight"
@@ -88,33 +89,6 @@ NON_LLM_FIELDS = {
 OFFICIAL_PAD_VALUE = (122, 116, 104)  # int(255 * CLIP mean), truncated as the official code does
 OFFICIAL_PROPOSALS = {"prompt_type": "fine", "min_score": 0.3, "nms_iou": 0.8}
 DEFAULT_TEMPLATES = {"qwen2": "chatml", "llama": "xtuner_vicuna"}
-
-
-def _read_config(path: str | os.PathLike) -> dict:
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from None
-
-
-def is_official_folder(path: str | os.PathLike) -> bool:
-    """True for a folder in the released models' layout: a config without ours
-    (``vision_low_config``) that has the official ``mm_*`` fields, or whose weights index names
-    the official ConvNeXt (``vision_tower_aux.``; ChatRex-7B's config is not public)."""
-    config = _read_config(path)
-    if not config or "vision_low_config" in config:
-        return False
-    if any(k in config for k in ("mm_vision_tower", "mm_hidden_size", "mm_projector_type")):
-        return True
-    index = Path(path) / "model.safetensors.index.json"
-    try:
-        names = json.loads(index.read_text()).get("weight_map", {}) if index.is_file() else {}
-    except json.JSONDecodeError:
-        return False
-    return any(CONVNEXT_KEY.fullmatch(k) for k in names)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -319,7 +293,7 @@ def load_official(path: str | os.PathLike, dtype: torch.dtype | str | None = Non
     :data:`chatrex.chat_template.CHAT_TEMPLATES` or a ``.jinja`` file; default ChatML for
     Qwen (RexSeek's format) and ``xtuner_vicuna`` for Llama/Vicuna (docs/released_weights.md)."""
     path = Path(path)
-    official = _read_config(path)
+    official = read_config(path)
     if not official:
         raise ValueError(f"{path} has no config.json")
     parts = split_state(_weights(path))

@@ -1,13 +1,32 @@
-"""`import chatrex` and the CLI's start load no torch: a bad path is answered at once."""
+"""`import chatrex` and the CLI's start load no torch: a bad path is answered at once; the
+detect path loads no training, demo or data-tooling package."""
 
 import subprocess
 import sys
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+    """Modules loaded after running ``code`` in a fresh interpreter (``None`` entries, which mark a
+    package as not installed, left out)."""
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(m for m, v in sys.modules.items() if v is not None))"],
                          capture_output=True, text=True, check=True).stdout
     return set(out.split())
+
+
+# What `chatrex detect` imports: the CLI, then (chatrex/cli.py, ChatRexPredictor.from_pretrained)
+# the predictor, the hub resolver, the released-layout check, the UPN and, with --out, the drawing.
+DETECT_PATH_IMPORTS = (
+    "from chatrex.cli import build_parser\n"
+    "build_parser()\n"
+    "import chatrex.predictor, chatrex.hub, chatrex.image_processing, chatrex.visualize, chatrex.official.layout, chatrex.official.convert\n"
+    "from chatrex.predictor import ChatRexPredictor\n"
+    "from upn import UPNPredictor\n"
+)
+# Packages for training (deepspeed, ray, timm), the demo (gradio), data tooling and evaluation
+# (pandas, pyarrow, spacy, pycocotools, ...) and this repository's own training / data-engine /
+# demo packages: none is needed to answer one question about one image.
+NOT_FOR_INFERENCE = {"deepspeed", "gradio", "gradio_client", "ray", "pandas", "pyarrow", "matplotlib", "spacy", "pycocotools",
+                     "faster_coco_eval", "imagehash", "timm", "sklearn", "selenium", "data_engine", "train", "demo"}
 
 
 def test_importing_the_package_and_building_the_cli_parser_loads_no_torch():
@@ -41,3 +60,20 @@ def test_a_missing_llm_folder_is_one_line_without_loading_the_model_stack(tmp_pa
                                                "with its tokenizer, or a Hugging Face id such as Qwen/Qwen2.5-7B)"]
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" not in imported, "the check runs before the model stack is imported"
+
+
+def test_the_detect_path_loads_no_training_demo_or_data_package():
+    loaded = {name.split(".")[0] for name in _modules_after(DETECT_PATH_IMPORTS)}
+    assert "torch" in loaded and "upn" in loaded, "the path was imported"
+    assert not NOT_FOR_INFERENCE & loaded
+
+
+def test_the_detect_path_needs_no_accelerate():
+    """With accelerate installed, transformers 5.24 imports it itself (modeling_utils ->
+    core_model_loading -> integrations.accelerate), so its presence after the imports says nothing
+    about our code; marked as not installed (as importlib sees it), the same path must import and
+    load none of it: chatrex and upn neither import it nor need it."""
+    masked = ("accelerate", "deepspeed", "gradio", "ray")
+    loaded = _modules_after("import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in masked) + DETECT_PATH_IMPORTS)
+    assert "chatrex.predictor" in loaded
+    assert not set(masked) & {name.split(".")[0] for name in loaded}

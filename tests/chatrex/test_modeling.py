@@ -80,6 +80,16 @@ def test_placeholder_feature_mismatch_raises(tiny_model, rgb_image):
         model(input_ids=batch["input_ids"])
 
 
+def test_more_box_features_than_objfeat_placeholders_raises(tiny_model, rgb_image):
+    """The direction a masked scatter lets through silently (it uses the first features and
+    drops the rest): 4 box features for the prompt's 3 ``<objfeat>`` tokens."""
+    model, proc = tiny_model
+    batch = proc(images=[rgb_image], conversations=[CONV], boxes=[BOXES])
+    extra = [torch.cat([batch["boxes"][0], torch.tensor([[0.2, 0.2, 0.4, 0.4]])])]
+    with pytest.raises(ValueError, match=r"^objects: 3 placeholder tokens in the input but 4 features$"):
+        model(**{**batch, "boxes": extra})
+
+
 def test_cached_features_match_pixels(tiny_model, rgb_image):
     model, proc = tiny_model
     batch = proc(images=[rgb_image], conversations=[CONV], boxes=[BOXES])

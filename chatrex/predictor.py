@@ -7,12 +7,10 @@ xyxy in the original image.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,8 @@ from transformers import StoppingCriteriaList
 
 from . import templates
 from .answer import ParsedAnswer, parse_answer
-from .image_processing import ImageMeta, to_rgb_image
+from .image_cache import EncodedImage, ImageCache, encode_images
+from .image_processing import to_rgb_image
 from .devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
 from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
 from .processing_chatrex import ChatRexProcessor
@@ -92,20 +91,7 @@ class _Prompt:
     input_ids: torch.Tensor  # (1, L)
     max_new_tokens: int  # the budget, cut so that prompt and answer fit in the context
     history_turns: int  # earlier turns kept in the prompt
-    cache: _Cache  # the image it is about, held so a stream stays on it whatever set_image does meanwhile
-
-
-@dataclass
-class _Cache:
-    meta: ImageMeta
-    features: ChatRexImageFeatures
-    boxes: torch.Tensor  # (K, 4) pixel xyxy
-    scores: torch.Tensor  # (K,)
-    granularity: list[str]
-    object_features: list[torch.Tensor]
-    # The LLM state after the image and box tokens, computed at the first question and shared
-    # by every later one (``chatrex.prompt_cache``); keyed by the prefix token ids.
-    prefixes: dict[tuple[int, ...], PromptPrefix] = field(default_factory=dict)
+    cache: EncodedImage  # the image it is about, held so a stream stays on it whatever set_image does meanwhile
 
 
 class ChatRexPredictor:
@@ -133,8 +119,6 @@ class ChatRexPredictor:
     def __init__(self, model: ChatRexForConditionalGeneration, processor: ChatRexProcessor, upn=None, device: str | torch.device = "cpu",
                  proposal_min_score: float | None = None, proposal_nms_iou: float | None = None, max_new_tokens: int = 256, cache_size: int = 4,
                  share_prefix: bool = True):
-        if cache_size < 1:
-            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor
@@ -147,8 +131,8 @@ class ChatRexPredictor:
         self.cache_size = cache_size
         self.share_prefix = bool(share_prefix)
         self.stop_token_ids = self._stop_token_ids()
-        self._cache: _Cache | None = None
-        self._recent: OrderedDict[str, _Cache] = OrderedDict()
+        self._cache: EncodedImage | None = None
+        self._recent = ImageCache(cache_size)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "chatrex-tiny", upn: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -195,64 +179,11 @@ class ChatRexPredictor:
         self._cache = self._encode([image], None if boxes is None else [boxes])[0]
         return len(self._cache.boxes)
 
-    def _encode(self, images: list, boxes: list | None = None) -> list[_Cache]:
-        """Encode several images at once: one UPN batch for those without ``boxes[i]``, one batch
-        through both vision encoders. Images seen recently (same pixels, same boxes) are reused."""
-        rgbs = [to_rgb_image(im) for im in images]
-        boxes = [None] * len(rgbs) if boxes is None else list(boxes)
-        if len(boxes) != len(rgbs):
-            raise ValueError(f"{len(rgbs)} images but {len(boxes)} box lists")
-        keys = [self._cache_key(rgb, b) for rgb, b in zip(rgbs, boxes)]
-        todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._recent}  # key -> its first image
-        encoded = self._encode_new([rgbs[i] for i in todo.values()], [boxes[i] for i in todo.values()])
-        self._recent.update(zip(todo, encoded))
-        caches = [self._recent[k] for k in keys]
-        for k in keys:
-            self._recent.move_to_end(k)
-        while len(self._recent) > self.cache_size:
-            self._recent.popitem(last=False)
-        return caches
-
-    def _encode_new(self, rgbs: list, boxes: list) -> list[_Cache]:
-        if not rgbs:
-            return []
-        ip = self.processor.image_processor
-        need_upn = [i for i, b in enumerate(boxes) if b is None]
-        props = dict(zip(need_upn, self._propose_batch([rgbs[i] for i in need_upn]))) if need_upn else {}
-        metas, normalized, extras = [], [], []
-        for i, rgb in enumerate(rgbs):
-            meta = ip.image_meta(rgb.width, rgb.height)
-            if i in props:
-                pixel = props[i].boxes.float()
-                extras.append((props[i].scores.float(), list(props[i].granularity)))
-            else:
-                pixel = torch.from_numpy(np.asarray(boxes[i], dtype=np.float64).reshape(-1, 4)).float()
-                extras.append((torch.ones(len(pixel)), ["given"] * len(pixel)))
-            metas.append(meta)
-            normalized.append(ip.normalize_boxes(pixel.numpy(), meta))  # validates and clips
-        pixels = [ip.preprocess(rgb)[:2] for rgb in rgbs]
-        with torch.inference_mode():
-            low = torch.stack([p[0] for p in pixels]).to(self.device)
-            high = torch.stack([p[1] for p in pixels]).to(self.device)
-            features = self.model.get_image_features(low, high)
-            objects = self.model.get_object_features(features.high_res_features, [n.to(self.device) for n in normalized])
-        caches = []
-        for j, (meta, norm, (scores, granularity)) in enumerate(zip(metas, normalized, extras)):
-            one = ChatRexImageFeatures(image_embeds=features.image_embeds[j : j + 1],
-                                       high_res_features=tuple(f[j : j + 1] for f in features.high_res_features))
-            caches.append(_Cache(meta, one, ip.denormalize_boxes(norm, meta), scores, granularity, [objects[j]]))
-        return caches
-
-    @staticmethod
-    def _cache_key(rgb, boxes) -> str:
-        digest = hashlib.sha1(rgb.tobytes())
-        digest.update(repr(rgb.size).encode())
-        if boxes is None:
-            digest.update(b"upn")
-        else:
-            arr = np.asarray(boxes, dtype=np.float64)
-            digest.update(b"boxes" + repr(arr.shape).encode() + arr.tobytes())
-        return digest.hexdigest()
+    def _encode(self, images: list, boxes: list | None = None) -> list[EncodedImage]:
+        """Encode several images at once (one UPN batch, one batch through both encoders);
+        images seen recently (same pixels, same boxes) come from the cache."""
+        return self._recent.get(images, boxes, lambda rgbs, bxs: encode_images(self.model, self.processor.image_processor, self._propose_batch,
+                                                                               rgbs, bxs, self.device))
 
     def propose(self, image, prompt_type: str | None = None, min_score: float | None = None):
         """UPN proposals with this predictor's settings (prompt, score threshold, NMS, the top
@@ -296,7 +227,7 @@ class ChatRexPredictor:
         ids = [tok.eos_token_id] + [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
         return [i for i in dict.fromkeys(ids) if i is not None and i < rows]
 
-    def _require(self) -> _Cache:
+    def _require(self) -> EncodedImage:
         if self._cache is None:
             raise RuntimeError("call set_image(image) first")
         return self._cache
@@ -308,7 +239,7 @@ class ChatRexPredictor:
         return int(self.model.config.text_config.max_position_embeddings)
 
     def _prompt(self, question: str, num_boxes: int | None = None, max_new_tokens: int | None = None, history=None,
-                cache: _Cache | None = None) -> _Prompt:
+                cache: EncodedImage | None = None) -> _Prompt:
         cache = self._require() if cache is None else cache
         budget = _check_max_new_tokens(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
         k = num_boxes if num_boxes is not None else len(cache.boxes)
@@ -328,7 +259,7 @@ class ChatRexPredictor:
         """Greedy decoding of ``prompt``; returns the raw answer (ChatRex markup kept)."""
         return self._run_batch([prompt], object_features, **generate_kwargs)[0]
 
-    def _prefix(self, cache: _Cache, ids: list[int]) -> PromptPrefix:
+    def _prefix(self, cache: EncodedImage, ids: list[int]) -> PromptPrefix:
         key = tuple(ids)
         if key not in cache.prefixes:
             if len(cache.prefixes) >= 4:  # a few layouts per image at most; keep the newest
@@ -518,7 +449,7 @@ class ChatRexPredictor:
             raise ValueError(f"kind must be 'auto' or one of {sorted(self.prompts.detection)}, got {kind!r}")
         return phrase, self.prompts.detection[kind].format(phrase=phrase)
 
-    def _detect_on(self, caches: list[_Cache], phrases: list[str], kind: str | list[str], batch_size: int) -> list[Detection]:
+    def _detect_on(self, caches: list[EncodedImage], phrases: list[str], kind: str | list[str], batch_size: int) -> list[Detection]:
         _check_batch_size(batch_size)
         questions = [self._detection_question(p, k) for p, k in zip(phrases, _per_item(kind, len(phrases), "kind"))]
         prompts = [self._prompt(q, cache=c) for c, (_, q) in zip(caches, questions)]

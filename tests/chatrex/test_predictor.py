@@ -149,7 +149,8 @@ def test_cli_help_has_examples(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--help"])
     assert exit_info.value.code == 0
-    assert "example: chatrex detect" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "examples:\n  chatrex detect examples/scene1.png" in out and "--resume" in out
 
 
 def test_cache_tells_no_boxes_from_proposals(predictor, image_path):

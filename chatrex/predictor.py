@@ -194,15 +194,30 @@ class ChatRexPredictor:
         return self._propose_batch([image], prompt_type, min_score)[0]
 
     def _propose_batch(self, images: list, prompt_type: str | None = None, min_score: float | None = None) -> list:
+        """UPN proposals for several images: one forward pass per group of images that UPN
+        resizes to the same size. Padding an image to another's size would change its boxes
+        (UPN's convolutions and GroupNorm see the padded area; docs/upn.md), so a batch holds
+        one size only and every image gets the boxes it gets alone."""
         if self.upn is None:
             raise RuntimeError("no proposal network loaded: pass boxes=... to set_image or load a UPN")
-        return self.upn.predict_batch(
-            [to_rgb_image(im) for im in images],
-            prompt_type=self.proposal_prompt_type if prompt_type is None else prompt_type,
-            min_score=self.proposal_min_score if min_score is None else float(min_score),
-            nms_iou=self.proposal_nms_iou,
-            max_boxes=self.processor.image_processor.max_objects,
-        )
+        from upn.image_processing import resized_size
+
+        rgbs, cfg = [to_rgb_image(im) for im in images], self.upn.image_config
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(rgbs):
+            groups.setdefault(resized_size(rgb.width, rgb.height, cfg.short_side, cfg.max_size, cfg.size_rounding), []).append(i)
+        out: list = [None] * len(rgbs)
+        for indices in groups.values():
+            found = self.upn.predict_batch(
+                [rgbs[i] for i in indices],
+                prompt_type=self.proposal_prompt_type if prompt_type is None else prompt_type,
+                min_score=self.proposal_min_score if min_score is None else float(min_score),
+                nms_iou=self.proposal_nms_iou,
+                max_boxes=self.processor.image_processor.max_objects,
+            )
+            for i, props in zip(indices, found):
+                out[i] = props
+        return out
 
     @property
     def boxes(self) -> torch.Tensor:

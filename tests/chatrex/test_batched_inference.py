@@ -157,3 +157,19 @@ def test_eval_metrics_do_not_depend_on_the_batch_size(predictor, tmp_path_factor
     one, eight = (evaluate("", str(data), task, predictor=predictor, progress=False, per_image=5, batch_size=b).metrics for b in (1, 4))
     one.pop("seconds"), eight.pop("seconds")
     assert one == eight and one.get("queries", one.get("regions")) >= 12
+
+
+def test_detect_images_of_different_sizes_equals_image_by_image(predictor, full_prompts, images):
+    """UPN would give a padded image other boxes; batches hold one resized size only."""
+    scene = images["scene1.png"]
+    mixed = [scene, scene.crop((0, 0, 384, 268)), scene.crop((0, 60, 240, 384)), images["scene2.png"].crop((0, 0, 384, 300))]
+    phrases = ["boat", "house", "tree", "star"]
+    out = predictor.detect_images(mixed, phrases, batch_size=4)
+    expected = []
+    for image, phrase in zip(mixed, phrases):
+        full_prompts.set_image(image)
+        expected.append((full_prompts.boxes.tolist(), full_prompts.detect(phrase).answer))
+    assert [d.answer for d in out] == [a for _, a in expected]
+    for image, (boxes, _) in zip(mixed, expected):
+        predictor.set_image(image)
+        torch.testing.assert_close(predictor.boxes, torch.tensor(boxes), atol=1e-3, rtol=0)

@@ -66,7 +66,7 @@ def build_parser(prog: str = "chatrex data-engine") -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder: records-NNNNN.jsonl shards, manifest.jsonl, failures.jsonl")
     p.add_argument("--config", help="engine YAML (see data_engine/configs/engine.yaml); defaults: the bundled chatrex-tiny does every model job")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set grounding.box_threshold=0.3 (repeatable)")
-    p.add_argument("--runner", choices=("local", "ray"), default="local", help="local (default): this process; ray: Ray Data with actor pools per model stage")
+    p.add_argument("--runner", choices=("local", "ray"), default="local", help="local (default): this process; ray: a Ray cluster, ray.actors workers running the stages side by side (see ray.* in the config)")
     p.add_argument("--limit", type=int, help="only the first N input images")
     p.add_argument("--retry-failed", action="store_true", help="process images that failed in an earlier run again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

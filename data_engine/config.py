@@ -13,8 +13,9 @@ Example (every key optional; these are the defaults)::
       region_captioner: {kind: chatrex, model: chatrex-tiny}
       verifier: {kind: rules}
       rewriter: {kind: chatrex, model: chatrex-tiny}
-    runner: {batch_size: 4, shard_size: 500}
-    ray: {num_cpus: null, actors: 1, num_cpus_per_actor: 1, num_gpus_per_actor: 0, batch_size: 4}
+    runner: {batch_size: 4, shard_size: 500, threads: null}
+    ray: {num_cpus: null, actors: 1, fuse_stages: true, num_cpus_per_actor: 1, num_gpus_per_actor: 0,
+          threads_per_actor: null, batch_size: 4}
 
 Backend kinds: ``chatrex`` (bundled name or folder), ``hf`` (a transformers model path or id:
 zero-shot detector for ``grounder``, image-text-to-text model for ``captioner`` and
@@ -94,6 +95,9 @@ class BackendsConfig:
 class LocalRunnerConfig:
     batch_size: int = 4
     shard_size: int = 500
+    threads: int | None = None
+    """torch threads for the run (``torch.set_num_threads``, put back afterwards); ``None``: the
+    process's setting (torch's default is one per core, or ``OMP_NUM_THREADS``)."""
 
 
 @dataclass
@@ -103,9 +107,19 @@ class RayConfig:
     num_cpus: int | None = None
     """CPUs of the local cluster (``None``: all)."""
     actors: int = 1
-    """Actor-pool size per model stage."""
+    """Actors per pool: how many model replicas process images at once (data parallelism)."""
+    fuse_stages: bool = True
+    """``True``: every stage after the filter runs in one actor pool, so a worker takes an image
+    through caption, phrases, grounding, region captions and verify with its models loaded once
+    and the image encoded once (as the local runner does); ``ray.actors`` such workers run side
+    by side. ``False``: one actor pool per model stage (``ray.actors`` actors each), so each model
+    stage gets its own CPUs/GPUs, at the cost of decoding and encoding every image once per
+    stage."""
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
+    threads_per_actor: int | None = None
+    """torch threads in each actor; ``None``: ``num_cpus_per_actor`` rounded down, at least 1
+    (more threads than the actor's CPUs oversubscribe the cores its neighbours use)."""
     batch_size: int = 4
 
 
@@ -140,6 +154,11 @@ class EngineConfig:
                             ("ray.actors", self.ray.actors), ("ray.batch_size", self.ray.batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("runner.threads", self.runner.threads), ("ray.threads_per_actor", self.ray.threads_per_actor)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.ray.fuse_stages, bool):
+            raise ValueError(f"ray.fuse_stages must be true or false, got {self.ray.fuse_stages!r}")
         if self.ray.num_gpus_per_actor < 0 or self.ray.num_cpus_per_actor < 0:
             raise ValueError("ray.num_cpus_per_actor and ray.num_gpus_per_actor must be >= 0")
         return self

@@ -100,7 +100,13 @@ class UPNPredictor:
     def predict_batch(self, images: list, prompt_type: str = "fine", min_score: float = 0.3,
                       nms_iou: float = 0.8, max_boxes: int = 100) -> list[Proposals]:
         """``predict`` for several images of any sizes in one forward pass: they are
-        zero-padded bottom/right to a common size and the padding is masked out."""
+        zero-padded bottom/right to a common size and the padding is masked out.
+
+        Images of one resized size (no padding) get ``predict``'s boxes; scores may differ by
+        about 1e-6 (batched matmuls). A padded image does not: the backbone's convolutions and
+        GroupNorm see the padded area, so its features, and with them its boxes, change (see
+        docs/upn.md). To batch without that effect, group images by resized size first, as
+        ``data_engine.proposals.predict_grouped`` does."""
         self._check_args(prompt_type, nms_iou, max_boxes)
         if not images:
             return []

@@ -3,10 +3,14 @@
 Resumable: finished images (see :mod:`data_engine.runners.output`) are skipped, so a re-run after
 a crash or Ctrl-C continues where it stopped. On Ctrl-C the records finished so far are written
 as a (short) shard before the run stops.
+
+``runner.threads`` sets torch's thread count for the run (and puts the old one back after it);
+``None`` keeps the process's setting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from tqdm.auto import tqdm
@@ -18,9 +22,31 @@ from .common import RunSummary, deliver, pending_samples
 from .output import OutputDir
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """``torch.set_num_threads(threads)`` for the duration of the block; nothing for ``None``."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_local(config: EngineConfig, source: str, output: str, limit: int | None = None, retry_failed: bool = False,
               progress: bool = True, pipeline: Pipeline | None = None) -> RunSummary:
     """Run the engine over ``source`` (folder or list file; the first ``limit`` inputs) into ``output``."""
+    with torch_threads(config.runner.threads):
+        return _run_local(config, source, output, limit, retry_failed, progress, pipeline)
+
+
+def _run_local(config: EngineConfig, source: str, output: str, limit: int | None, retry_failed: bool, progress: bool,
+               pipeline: Pipeline | None) -> RunSummary:
     start = time.time()
     inputs = list_inputs(source)[:limit] if limit is not None else list_inputs(source)
     pipeline = pipeline or Pipeline(config)

@@ -36,7 +36,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_ray_runner_matches_local_runner(synth_split, tmp_path, ray_cluster):
+@pytest.mark.parametrize("overrides", [
+    # The default layout: every stage after the filter in one pool, here two workers (replicas).
+    ("ray.actors=2", "ray.num_cpus_per_actor=0.5"),
+    # One pool per model stage; a quarter CPU each so four model stages and the light tasks fit on 2 CPUs.
+    ("ray.fuse_stages=false", "ray.num_cpus_per_actor=0.25"),
+], ids=["fused-two-workers", "pool-per-stage"])
+def test_ray_runner_matches_local_runner(synth_split, tmp_path, ray_cluster, overrides):
     from data_engine.runners.ray_runner import run_ray
 
     images = tmp_path / "images"
@@ -44,8 +50,7 @@ def test_ray_runner_matches_local_runner(synth_split, tmp_path, ray_cluster):
     first = sorted(images.glob("*.png"))[0]
     shutil.copy(first, images / "zz_copy.png")  # the same bytes again: rejected by both
     (images / "zz_corrupt.png").write_bytes(b"broken")  # a failure in both
-    # Actors ask for a quarter CPU each so four model stages and the light tasks fit on 2 CPUs.
-    config = oracle_config(synth_split[1], "ray.num_cpus_per_actor=0.25", "ray.batch_size=2", "runner.shard_size=3")
+    config = oracle_config(synth_split[1], "ray.batch_size=2", "runner.shard_size=3", *overrides)
     local = run_local(config, str(images), str(tmp_path / "local"), progress=False)
     distributed = run_ray(config, str(images), str(tmp_path / "ray"), progress=False)
     assert (local.records, local.rejected, local.failed) == (6, 1, 1)
@@ -54,6 +59,29 @@ def test_ray_runner_matches_local_runner(synth_split, tmp_path, ray_cluster):
     ray_recs, ray_other = outcome(tmp_path / "ray")
     assert ray_recs == local_recs
     assert ray_other == local_other
+    # Results are delivered in input order, so the shards are the local runner's, byte for byte.
+    shards = [[open(p, "rb").read() for p in OutputDir(str(tmp_path / d)).shards()] for d in ("local", "ray")]
+    assert len(shards[0]) == 2 and shards[1] == shards[0]
     # Resuming a finished Ray run does nothing.
     again = run_ray(config, str(images), str(tmp_path / "ray"), progress=False)
     assert again.already_done == 8 and again.processed == 0
+
+
+def test_stage_layout_and_actor_threads(synth_split):
+    from data_engine.runners.ray_runner import _groups, actor_threads
+
+    per_stage = oracle_config(synth_split[1], "ray.fuse_stages=false")
+    assert _groups(per_stage) == [(["filter"], False), (["caption"], True), (["phrases"], False), (["grounding"], True),
+                                  (["region_caption"], True), (["verify"], True)]
+    assert actor_threads(oracle_config(synth_split[1])) == 1
+    assert actor_threads(oracle_config(synth_split[1], "ray.num_cpus_per_actor=0.25")) == 1
+    assert actor_threads(oracle_config(synth_split[1], "ray.num_cpus_per_actor=4")) == 4
+    assert actor_threads(oracle_config(synth_split[1], "ray.num_cpus_per_actor=4", "ray.threads_per_actor=2")) == 2
+
+
+def test_more_workers_than_the_local_cluster_holds_is_an_error(synth_split, tmp_path, ray_cluster):
+    from data_engine.runners.ray_runner import run_ray
+
+    config = oracle_config(synth_split[1], "ray.actors=3", "ray.num_cpus_per_actor=1")
+    with pytest.raises(ValueError, match=r"ray.actors \(3\) x ray.num_cpus_per_actor \(1\) asks for more CPUs than the local Ray cluster has \(2\)"):
+        run_ray(config, str(synth_split[0] / "images"), str(tmp_path / "out"), progress=False)

@@ -162,3 +162,18 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert chatrex_main(["data-engine", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_runner_threads_hold_during_the_run_only(reference, synth_split, tmp_path, monkeypatch):
+    import torch
+
+    from data_engine.pipeline import Pipeline
+
+    seen, run_batch = [], Pipeline.run_batch
+    monkeypatch.setattr(Pipeline, "run_batch", lambda self, samples: seen.append(torch.get_num_threads()) or run_batch(self, samples))
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    summary = run_local(oracle_config(synth_split[1], f"runner.threads={threads}"), str(synth_split[0] / "images"), str(tmp_path), progress=False)
+    assert summary.records == 6 and set(seen) == {threads}
+    assert torch.get_num_threads() == before
+    assert {r["id"]: r for r in shard_records(tmp_path)} == reference[1]

@@ -173,9 +173,10 @@ def cmd_detect(args) -> int:
         raise UserError("give either IMAGE... PHRASE or --inputs FILE.jsonl, not both")
     if args.inputs is None and len(args.items) < 2:
         raise UserError("give one or more images and then the phrase (IMAGE... PHRASE), or --inputs FILE.jsonl")
-    if args.inputs is not None or len(args.items) > 2 or args.output is not None:
-        from .cli_detect_many import detect_many
+    from .cli_detect_many import check_common, detect_many
 
+    check_common(args)
+    if args.inputs is not None or len(args.items) > 2 or args.output is not None:
         return detect_many(args)
     args.image, args.phrase = args.items
     phrase = _text_argument(args.phrase, "phrase")
@@ -349,13 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One image: print one line per box (x1 y1 x2 y2, original pixels), or JSON with --json.\n"
                                    "Several images, or --inputs: one JSON line per input, written as each batch finishes:\n"
                                    '  {"image", "phrase", "boxes", "scores", "indices", "answer"}, or {"image", "phrase", "error"}\n'
-                                   "for an image that cannot be read (the run goes on). A progress bar goes to stderr when\n"
-                                   "the results do not go to a terminal, or with --verbose.")
+                                   "for an image that cannot be read (the run goes on; the exit code is still 0). A progress\n"
+                                   "bar goes to stderr when the results do not go to a terminal, or with --verbose.\n"
+                                   "One image with --output also writes a JSON line.")
     common(p, image=False)
     p.add_argument("items", nargs="*", metavar="IMAGE... PHRASE", help="image files, then the category, short phrase or referring expression")
     p.add_argument("--inputs", metavar="FILE.jsonl", help='{"image": PATH, "phrase": TEXT} lines, image paths relative to the file\'s folder')
     p.add_argument("--output", metavar="FILE.jsonl", help="write the JSON lines here instead of stdout (needed by --resume)")
-    p.add_argument("--resume", action="store_true", help="continue an --output file a stopped run left: its answered inputs are skipped")
+    p.add_argument("--resume", action="store_true", help="continue an --output file a stopped run left: inputs with a line are skipped (error lines too: delete one to retry it)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch through the proposal network, the encoders and generation (default 8)")
     p.add_argument("--out", help="one image: write it with labelled boxes here")
     p.add_argument("--json", action="store_true", help='one image: print {"phrase", "boxes", "answer"} as one JSON object')

@@ -7,8 +7,9 @@ order, written (and flushed) as soon as its batch is done:
     {"image": "broken.png", "phrase": "boat", "error": "cannot identify image file ..."}
 
 A bad image is an error line, never the end of the run. A killed run leaves at most one torn
-line at the end of the output; ``resume`` cuts it off and skips the inputs already answered
-(error lines included), so the output ends with one line per input and no duplicates.
+line at the end of the output; ``resume`` cuts it off and skips the inputs that have a line
+(error lines included: delete one to retry it), so the output ends with one line per input and
+no duplicates.
 """
 
 from __future__ import annotations
@@ -33,20 +34,24 @@ def read_inputs(path: str) -> list[DetectInput]:
     file's folder, as in records files. ``ValueError`` names the first bad line."""
     root = os.path.dirname(os.path.abspath(path))
     out = []
-    for number, row in read_jsonl(path, line_numbers=True):
+    for number, row in read_jsonl(path, line_numbers=True, torn_tail_ok=False):  # written by hand: a bad last line is a typo
         if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("phrase"), str):
             raise ValueError(f"{path}:{number}: expected {{\"image\": PATH, \"phrase\": TEXT}}, got {json.dumps(row)[:120]}")
         if not row["phrase"].strip():
             raise ValueError(f"{path}:{number}: the phrase is empty")
         out.append(DetectInput(row["image"], row["phrase"].strip(), os.path.join(root, row["image"])))
+    if not out:
+        raise ValueError(f"{path} holds no inputs")
     return out
 
 
-def pending(inputs: list[DetectInput], output: str) -> list[DetectInput]:
-    """The inputs without a line in ``output`` yet (the file's torn last line is cut first).
-    Inputs are matched by ``(image, phrase)``; an input listed twice needs two lines."""
+def pending(inputs: list[DetectInput], output: str) -> tuple[list[DetectInput], int]:
+    """``(inputs without a line in output yet, error lines already there)``; the file's torn
+    last line is cut first. Inputs are matched by ``(image, phrase)``; an input listed twice
+    needs two lines."""
     cut_torn_tail(output)
-    done = Counter((row.get("image"), row.get("phrase")) for row in read_jsonl(output, missing_ok=True))
+    rows = list(read_jsonl(output, missing_ok=True))
+    done = Counter((row.get("image"), row.get("phrase")) for row in rows)
     todo = []
     for item in inputs:
         key = (item.image, item.phrase)
@@ -54,7 +59,7 @@ def pending(inputs: list[DetectInput], output: str) -> list[DetectInput]:
             done[key] -= 1
         else:
             todo.append(item)
-    return todo
+    return todo, sum("error" in row for row in rows)
 
 
 def _line(item: DetectInput, det) -> dict:

@@ -41,7 +41,7 @@ def _is_torn_tail(raw: bytes) -> bool:
     return False
 
 
-def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: bool = False) -> Iterator:
+def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: bool = False, torn_tail_ok: bool = True) -> Iterator:
     """Yield the rows of a JSONL file in order. Blank lines and a torn last line are skipped.
 
     Args:
@@ -49,6 +49,8 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: 
         missing_ok: yield nothing when the file does not exist (e.g. a manifest before the
             first run) instead of raising ``FileNotFoundError``.
         line_numbers: yield ``(line_number, row)`` pairs (1-based) for messages about a row.
+        torn_tail_ok: skip an unparsable last line without a newline (a crashed writer's); pass
+            ``False`` for files people write by hand, where it is a typo to report.
 
     Raises:
         MalformedJsonlError: a line other than a torn last line is not valid JSON.
@@ -62,7 +64,7 @@ def read_jsonl(path: str | os.PathLike, missing_ok: bool = False, line_numbers: 
             line_number += 1
             if not raw.strip():
                 continue
-            if _is_torn_tail(raw):
+            if torn_tail_ok and _is_torn_tail(raw):
                 return  # only the last line can lack its newline
             row = _parse(raw, path, line_number)
             yield (line_number, row) if line_numbers else row

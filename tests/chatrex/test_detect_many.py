@@ -105,6 +105,10 @@ def test_images_on_the_command_line_go_to_stdout_in_order(model_dir, image_dir, 
     (["detect", "a.png", "b.png", "boat", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["detect", "a.png", "b.png", "boat", "--resume"], "--resume continues an --output file"),
     (["detect", "--inputs", "missing.jsonl"], "--inputs missing.jsonl: no such file"),
+    (["detect", "a.png", "b.png"], "the last argument 'b.png' looks like an image file; the phrase goes last"),
+    (["detect", "a.png", "boat", "--resume"], "--resume continues an --output file"),  # one image: checked too
+    (["detect", "a.png", "boat", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["detect", "a.png", "b.png", "boat", "--output", "nodir/r.jsonl"], "cannot write nodir/r.jsonl: no folder"),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -126,11 +130,18 @@ def test_inputs_file_errors_name_the_line(tmp_path):
     path.write_text('{"image": "a.png", "phrase": "boat"}\n{"image": "b.png"}\n')
     with pytest.raises(ValueError, match=r"q.jsonl:2: expected"):
         read_inputs(str(path))
+    path.write_text('{"image": "a.png", "phrase": "boat"}\n{"image": "b.png", "phrase": "car"},')  # a typo, not a torn write
+    with pytest.raises(ValueError, match=r"q.jsonl:2: not valid JSON"):
+        read_inputs(str(path))
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="holds no inputs"):
+        read_inputs(str(path))
 
 
 def test_pending_skips_answered_inputs_and_counts_repeats(tmp_path):
     out = tmp_path / "r.jsonl"
     out.write_text('{"image": "a.png", "phrase": "boat"}\n{"image": "b.png", "phrase": "boat", "error": "x"}\n{"image": "a.p')
     items = [DetectInput(i, "boat", i) for i in ("a.png", "b.png", "a.png", "c.png")]
-    assert [x.image for x in pending(items, str(out))] == ["a.png", "c.png"]
+    todo, errors = pending(items, str(out))
+    assert [x.image for x in todo] == ["a.png", "c.png"] and errors == 1
     assert out.read_text().endswith("}\n")  # the torn line is gone

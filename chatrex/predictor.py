@@ -100,7 +100,8 @@ class ChatRexPredictor:
     Args:
         model: a ChatRex model (eval mode is set here).
         processor: its processor.
-        upn: a ``upn.UPNPredictor`` for proposals; without one, pass boxes to :meth:`set_image`.
+        upn: a ``upn.UPNPredictor`` for proposals (or an object with its ``predict_batch`` and
+            ``image_config``); without one, pass boxes to :meth:`set_image`.
         proposal_min_score, proposal_nms_iou: UPN post-processing for ``set_image``. Unset, they
             come from the processor's ``proposals`` settings, else (0.1, 0.6), which keep
             recall@100 of upn-tiny at 0.95 fine / 0.99 coarse with about 57 boxes per synthetic

@@ -255,11 +255,20 @@ class SharedProposals:
         self.upn, self.digest = upn, digest
         self._kept: dict[tuple, object] = {}
 
+    @property
+    def image_config(self):
+        return self.upn.image_config
+
     def predict(self, image, **settings):
         key = (hashlib.sha1(image.tobytes()).hexdigest(), image.size, image.mode, tuple(sorted(settings.items())))
         if key not in self._kept:
             self._kept[key] = self.upn.predict(image, **settings)
         return self._kept[key]
+
+    def predict_batch(self, images, **settings):
+        # The predictor batches only images of one resized size, whose batched boxes equal
+        # predict's; keeping them per image is what matters here, not the batch.
+        return [self.predict(image, **settings) for image in images]
 
 
 def _folder_digest(folder: Path) -> str:

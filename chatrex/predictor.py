@@ -294,6 +294,10 @@ class ChatRexPredictor:
         same = all(len(x) > cut and x[:cut] == ids[0][:cut] for x in ids)
         return cut if same else 0
 
+    def _run_chunks(self, prompts: list[_Prompt], batch_size: int) -> list[str]:
+        """:meth:`_run_batch` over ``prompts``, ``batch_size`` at a time; the raw answers, in order."""
+        return [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+
     def _run_batch(self, prompts: list[_Prompt], object_features=None, **generate_kwargs) -> list[str]:
         """Greedy decoding of several prompts in one ``generate`` call; the raw answers, in order.
 
@@ -363,7 +367,7 @@ class ChatRexPredictor:
         ``batch_size`` at a time over the image's shared prefix; equal to asking one at a time."""
         _check_batch_size(batch_size)
         prompts = [self._prompt(self._question(q, grounded), max_new_tokens=max_new_tokens) for q in questions]
-        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        raws = self._run_chunks(prompts, batch_size)
         return [self._answer(raw, prompt) for raw, prompt in zip(raws, prompts)]
 
     def ask_stream(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Iterator[Answer]:
@@ -469,7 +473,7 @@ class ChatRexPredictor:
         _check_batch_size(batch_size)
         questions = [self._detection_question(p, k) for p, k in zip(phrases, _per_item(kind, len(phrases), "kind"))]
         prompts = [self._prompt(q, cache=c) for c, (_, q) in zip(caches, questions)]
-        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        raws = self._run_chunks(prompts, batch_size)
         out = []
         for cache, (phrase, question), raw in zip(caches, questions, raws):
             indices = self._parse(raw, cache.boxes.tolist()).indices
@@ -491,7 +495,7 @@ class ChatRexPredictor:
                 raise ValueError(f"level must be one of {DESCRIBE_LEVELS}, got {lvl!r}")
             questions.append(self.prompts.region[lvl].format(obj=f"<obj{int(index)}>"))
         prompts = [self._prompt(q) for q in questions]
-        raws = [raw for start in range(0, len(prompts), batch_size) for raw in self._run_batch(prompts[start : start + batch_size])]
+        raws = self._run_chunks(prompts, batch_size)
         return [self._parse(raw, None).text.strip() for raw in raws]
 
     def describe(self, box_or_index, level: str = "category") -> str:

@@ -68,6 +68,10 @@ class DataConfig:
     feature_cache: bool = False
     """Freeze both vision towers and train from their outputs cached once per image
     (``train.feature_cache``; built next to each records file on first use)."""
+    oracle_object_features: bool = False
+    """Diagnostic (needs ``feature_cache``): every box token is a perfect feature of the matched
+    region's true attributes (train/diagnostics/oracle_features.py), to measure what the LLM
+    can learn when the vision side is perfect. Never for a model you ship."""
 
     def sources(self) -> list[DataSource]:
         """``train`` as sources (path, weight or None); ValueError names a bad entry."""
@@ -152,6 +156,8 @@ class TrainConfig:
             if not ok:
                 section, key = name.split(".")
                 raise ValueError(f"invalid {name}: {getattr(getattr(self, section), key)!r}")
+        if self.data.oracle_object_features and not self.data.feature_cache:
+            raise ValueError("data.oracle_object_features needs data.feature_cache: true (oracle rows replace the cached box features)")
         if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
             raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
         # Imports the model code, so it comes after the cheap checks; the ValueError names the

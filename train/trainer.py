@@ -136,7 +136,13 @@ def _feature_caches(cfg: TrainConfig, model, processor, accelerator) -> dict:
         for path in dict.fromkeys(cfg.data.train_paths() + cfg.data.eval):
             folders[path] = build_cache(path, model, processor, use_proposals=cfg.data.use_record_proposals,
                                         progress=accelerator.is_local_main_process)
-    return {path: FeatureCache(folder) for path, folder in folders.items()}
+    caches = {path: FeatureCache(folder) for path, folder in folders.items()}
+    if cfg.data.oracle_object_features:
+        from .diagnostics.oracle_features import OracleFeatureCache, OracleFeatures
+
+        oracle = OracleFeatures(model.config, processor.image_processor)
+        caches = {path: OracleFeatureCache(cache, JsonlRecords([path]), oracle) for path, cache in caches.items()}
+    return caches
 
 
 def _eval_dataset(cfg: TrainConfig, proposal_fn, caches: dict | None = None) -> ChatRexDataset:

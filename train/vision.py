@@ -133,14 +133,37 @@ def collate(items):
     }
 
 
-def forward_losses(model, heads: VisionHeads, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of cross-entropies over box and patch heads; returns (loss, {name: accuracy})."""
+def _encode(model, batch):
+    """CLIP patch tokens (B, P, C_low), the last ConvNeXt stage's tokens (B, G, C_last) and
+    the pooled box features (sum K, C_obj): what stages 1-3 receive from the towers. A frozen
+    CLIP tower (``--freeze-low``) is not run: its tokens are ``None``."""
     inner = model.model
-    low = inner.vision_low(batch["low"], output_hidden_states=True).hidden_states[model.config.vision_low_feature_layer][:, 1:]
+    low = None
+    if any(p.requires_grad for p in inner.vision_low.parameters()):
+        low = inner.vision_low(batch["low"], output_hidden_states=True).hidden_states[model.config.vision_low_feature_layer][:, 1:]
     stages = tuple(inner.vision_high(batch["high"], output_hidden_states=True).hidden_states[1:])
     pooled = torch.cat(inner.object_encoder(stages, batch["boxes"]))
+    return low, stages[-1].flatten(2).transpose(1, 2), pooled
+
+
+def preservation_loss(current, reference) -> torch.Tensor:
+    """Mean squared drift of each encoder output from the reference towers', relative to the
+    reference's mean square, so the weight means the same for every output."""
+    return sum(F.mse_loss(c, r) / r.square().mean().clamp_min(1e-8) for c, r in zip(current, reference) if c is not None)
+
+
+def forward_losses(model, heads: VisionHeads, batch, reference=None, preserve: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of cross-entropies over box and patch heads; returns (loss, {name: accuracy}).
+
+    With ``reference`` (a frozen copy of the starting model) and ``preserve`` > 0, the drift of
+    the encoder outputs from the reference's is added, weighted by ``preserve``: a trained
+    model's LLM keeps reading features it knows while the heads add what was missing."""
+    low, last, pooled = outputs = _encode(model, batch)
     loss, acc = 0.0, {}
-    for prefix, feats, heads_, targets in (("box", pooled, heads.box, batch["box_labels"]), ("patch", low.flatten(0, 1), heads.patch, batch["patch_labels"])):
+    groups = [("box", pooled, heads.box, batch["box_labels"])]
+    if low is not None:
+        groups.append(("patch", low.flatten(0, 1), heads.patch, batch["patch_labels"]))
+    for prefix, feats, heads_, targets in groups:
         for name, head in heads_.items():
             y = targets[name]
             if (y != IGNORE).any():
@@ -148,6 +171,12 @@ def forward_losses(model, heads: VisionHeads, batch) -> tuple[torch.Tensor, dict
                 loss = loss + F.cross_entropy(logits, y, ignore_index=IGNORE)
                 keep = y != IGNORE
                 acc[f"{prefix}_{name}"] = (logits.argmax(1)[keep] == y[keep]).float().mean().item()
+    if reference is not None and preserve > 0:
+        with torch.no_grad():
+            ref = _encode(reference, batch)
+        drift = preservation_loss(outputs, ref)
+        loss = loss + preserve * drift
+        acc["drift"] = drift.item()
     return loss, acc
 
 
@@ -188,12 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--freeze-low", action="store_true",
+                   help="keep the CLIP (low-resolution) tower frozen and train the ConvNeXt and the box heads only (about half the time)")
+    p.add_argument("--preserve", type=float, default=0.0,
+                   help="weight of the encoder outputs' drift from the --init model's (default 0: free). Use it to teach a trained "
+                        "model's towers a missing attribute while its LLM keeps the features it reads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.preserve < 0:
+        print(f"error: --preserve must be >= 0, got {args.preserve}", file=sys.stderr)
+        return 2
     for name in ("steps", "batch_size", "save_every", "log_every"):
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}", file=sys.stderr)
@@ -215,8 +252,16 @@ def main(argv=None) -> int:
     grid = model.config.vision_low_config.image_size // model.config.vision_low_config.patch_size
     object_dim = sum(model.model.vision_high.config.hidden_sizes[i] for i in model.model.object_encoder.feature_levels)
     heads = VisionHeads(labels, object_dim, model.config.vision_low_config.hidden_size)
+    reference = None
+    if args.preserve > 0:
+        # The starting towers, frozen: on --resume that is the run's --init, not OUT/last.
+        reference, _ = load_model_and_processor(args.init, args.tokenizer)
+        reference.eval().requires_grad_(False)
     model.train()
-    params = list(model.model.vision_low.parameters()) + list(model.model.vision_high.parameters()) + list(heads.parameters())
+    if args.freeze_low:
+        model.model.vision_low.requires_grad_(False)
+        model.model.vision_low.eval()
+    params = [p for p in list(model.model.vision_low.parameters()) + list(model.model.vision_high.parameters()) + list(heads.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
     step = 0
@@ -240,7 +285,7 @@ def main(argv=None) -> int:
     try:
         while step < args.steps:
             for batch in loader:
-                loss, acc = forward_losses(model, heads, batch)
+                loss, acc = forward_losses(model, heads, batch, reference, args.preserve)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -252,7 +297,7 @@ def main(argv=None) -> int:
                     row = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 3) for k, v in acc.items()}, "elapsed_s": round(time.time() - start, 1)}
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-                    bar.set_postfix(loss=f"{loss.item():.3f}", cat=f"{acc.get('box_category', 0):.2f}")
+                    bar.set_postfix(loss=f"{loss.item():.3f}", cat=f"{acc.get('box_category', 0):.2f}", pattern=f"{acc.get('box_pattern', 0):.2f}")
                 if step % args.save_every == 0:
                     _save(model, processor, heads, optimizer, scheduler, step, args.out, "last")
                     last_saved = step

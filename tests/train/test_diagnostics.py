@@ -1,0 +1,136 @@
+"""train.diagnostics: error causes are assigned as documented, probes read what is there and
+only that, and oracle features state a box's true attributes in the cached-training layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chatrex.jsonl import JsonlRecords
+from train.diagnostics.error_causes import detection_counts, instance_bin, named_attributes, referring_cause, referring_form, referring_table
+from train.diagnostics.feature_probes import probe
+from train.diagnostics.oracle_features import OracleFeatureCache, OracleFeatures
+from train.feature_cache import FeatureCache, build_cache, candidate_boxes
+from train.model_loading import load_model_and_processor
+
+from .conftest import make_records, tiny_config
+
+
+def region(box, category, color=None, pattern=None, size=None, granularity="coarse"):
+    return {"box": box, "category": category, "granularity": granularity, "attributes": {"color": color, "pattern": pattern, "size": size}}
+
+
+@pytest.mark.parametrize("text, form", [
+    ("the boat", "category"), ("the dotted cyan triangle", "attribute"), ("the rightmost house", "ordinal"),
+    ("the star above the red lamp", "relation"), ("the left wheel of the dotted car", "part"), ("the hull of the boat", "part"),
+])
+def test_referring_form(text, form):
+    assert referring_form(text) == form
+
+
+def test_named_attributes_ignore_the_related_object():
+    assert named_attributes("the large striped red car left of the blue house") == {"color": "red", "pattern": "striped", "size": "large"}
+    assert named_attributes("the sky blue window") == {"color": "sky blue"}
+    assert named_attributes("the star above the red lamp") == {}
+
+
+REGIONS = [
+    region([0, 0, 10, 10], "car", "red", "striped", "large"),     # 0: target
+    region([20, 0, 30, 10], "car", "red", "dotted", "large"),     # 1: differs in pattern
+    region([40, 0, 50, 10], "car", "blue", "striped", "large"),   # 2: differs in colour
+    region([60, 0, 70, 10], "boat", "red", "striped", "large"),   # 3: another object
+    region([0, 0, 4, 4], "wheel", "black", granularity="fine"),   # 4: a part
+]
+BOX_LIST = [r["box"] for r in REGIONS] + [[80, 80, 90, 90]]
+
+
+@pytest.mark.parametrize("text, pred, cause", [
+    ("the striped red car", [[0, 0, 10, 10]], None),
+    ("the striped red car", [[20, 0, 30, 10]], "wrong attribute (pattern)"),
+    ("the striped red car", [[40, 0, 50, 10]], "wrong attribute (colour)"),
+    ("the leftmost car", [[20, 0, 30, 10]], "wrong relation or ordinal"),
+    ("the car", [[20, 0, 30, 10]], "right category, wrong instance"),
+    ("the striped red car", [[60, 0, 70, 10]], "another object"),
+    ("the striped red car", [[0, 0, 4, 4]], "part or background"),
+    ("the striped red car", [[80, 80, 90, 90]], "part or background"),
+    ("the striped red car", [], "no box"),
+])
+def test_referring_causes(text, pred, cause):
+    assert referring_cause({"text": text, "targets": [0]}, REGIONS, pred, BOX_LIST) == cause
+
+
+def test_no_target_and_missing_proposal_causes():
+    assert referring_cause({"text": "the green car", "targets": []}, REGIONS, [], BOX_LIST) is None
+    assert referring_cause({"text": "the green car", "targets": []}, REGIONS, [[0, 0, 10, 10]], BOX_LIST) == "box for a no-target query"
+    assert referring_cause({"text": "the striped red car", "targets": [0]}, REGIONS, [], BOX_LIST[1:]) == "no target proposal"
+
+
+def test_detection_counts_split_misses_by_whether_a_proposal_was_there():
+    targets = [[0, 0, 10, 10], [20, 0, 30, 10], [90, 90, 99, 99]]
+    counts = detection_counts(targets, [[0, 0, 10, 10], [60, 0, 70, 10]], BOX_LIST)
+    assert counts == {"tp": 1, "missing instance": 1, "no target proposal": 1, "extra box": 1}
+    assert [instance_bin(n) for n in (1, 2, 3, 4, 9)] == ["1", "2-3", "2-3", "4+", "4+"]
+
+
+def test_referring_table_rows_are_fractions():
+    table = referring_table({"referring": {"attribute": {"total": 4, "correct": 3, "no box": 1}}})
+    assert "| attribute | 4 | 0.75 |" in table and "| all | 4 | 0.75 |" in table
+
+
+def test_probe_reads_a_linear_attribute_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=400)
+    x = torch.from_numpy(rng.normal(size=(400, 16))).float()
+    x[:, 0] += torch.from_numpy(labels * 4.0).float()
+    names = [f"c{v}" for v in labels]
+    good = probe(x[:300], names[:300], x[300:], names[300:])
+    assert good["accuracy"] > 0.95 and good["classes"] == 3
+    noise = probe(x[:300, 1:], names[:300], x[300:, 1:], names[300:])
+    assert noise["accuracy"] < good["majority"] + 0.15
+    with_missing = probe(x[:300], names[:299] + [None], x[300:], names[300:])
+    assert with_missing["train"] == 299
+
+
+@pytest.fixture
+def tiny(tiny_tokenizer_dir):
+    torch.manual_seed(0)
+    return load_model_and_processor("chatrex-tiny-random", tiny_tokenizer_dir)
+
+
+def test_oracle_codes_state_the_matched_region(tiny):
+    model, processor = tiny
+    oracle = OracleFeatures(model.config, processor.image_processor)
+    boxes = [[0, 0, 10, 10], [20.5, 0, 30, 10], [80, 80, 90, 90]]
+    codes = oracle.codes(REGIONS, boxes, 100, 100)
+    assert codes.shape == (3, model.config.object_feature_dim)
+    assert torch.equal(codes, OracleFeatures(model.config, processor.image_processor).codes(REGIONS, boxes, 100, 100))  # fixed seed
+    pos = codes - torch.stack([oracle.region_code(REGIONS[0]), oracle.region_code(REGIONS[1]), oracle.region_code(None)])
+    # What is left is the box's position embedding: identical boxes, identical remainder.
+    boat = region([0, 0, 10, 10], "boat", "blue", "plain", "small")
+    assert torch.allclose(pos[0], (oracle.codes([boat], [[0, 0, 10, 10]], 100, 100) - oracle.region_code(boat))[0], atol=1e-6)
+    assert not torch.allclose(pos[0], pos[1], atol=1e-3)
+    # Regions 0 and 1 differ in the pattern only: their codes differ by the two pattern codes.
+    diff = oracle.region_code(REGIONS[0]) - oracle.region_code(REGIONS[1])
+    assert torch.allclose(diff, oracle.code("pattern", "striped") - oracle.code("pattern", "dotted"), atol=1e-6)
+
+
+def test_oracle_cache_rows_follow_the_candidates(tmp_path, tiny):
+    model, processor = tiny
+    path = make_records(tmp_path / "data", n=3)
+    cache = FeatureCache(build_cache(path, model, processor, progress=False))
+    records = JsonlRecords([path])
+    oracle = OracleFeatures(model.config, processor.image_processor)
+    wrapped = OracleFeatureCache(cache, records, oracle)
+    for i in range(len(records)):
+        fused, rows = wrapped.get(i)
+        assert torch.equal(fused, cache.get(i)[0])
+        rec = records[i]
+        expected = oracle.codes(rec["regions"], candidate_boxes(rec, *cache.size(i)), *cache.size(i))
+        assert torch.allclose(rows.float(), expected, atol=2e-2)  # the cache's fp16 dtype
+
+
+def test_oracle_training_needs_the_feature_cache(tmp_path, tiny_tokenizer_dir):
+    path = make_records(tmp_path / "data", n=2)
+    with pytest.raises(ValueError, match="oracle_object_features needs data.feature_cache"):
+        tiny_config(path, tiny_tokenizer_dir, str(tmp_path / "out"), **{"data.oracle_object_features": "true"}).validate()

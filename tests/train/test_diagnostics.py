@@ -3,6 +3,8 @@ only that, and oracle features state a box's true attributes in the cached-train
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,54 @@ def test_oracle_training_needs_the_feature_cache(tmp_path, tiny_tokenizer_dir):
     path = make_records(tmp_path / "data", n=2)
     with pytest.raises(ValueError, match="oracle_object_features needs data.feature_cache"):
         tiny_config(path, tiny_tokenizer_dir, str(tmp_path / "out"), **{"data.oracle_object_features": "true"}).validate()
+
+
+def test_samples_needed_follows_a_log_fit():
+    from train.diagnostics.learning_curve import samples_needed, target_score
+
+    points = [(0, 0.1), (1000, 0.5), (2000, 0.5 + 0.1 * np.log(2)), (4000, 0.5 + 0.1 * np.log(4))]
+    assert samples_needed(points, 0.7) == pytest.approx(1000 * np.exp(2), rel=1e-6)
+    assert samples_needed([(1000, 0.5), (2000, 0.4)], 0.9) is None  # falling: never
+    assert samples_needed([(1000, 0.5)], 0.9) is None
+    row = {"referring": 0.5, "no_target": 0.2, "det_precision": 0.8, "det_recall": 0.6, "region": 0.9, "caption_recall": 0.2, "caption_precision": 1.0}
+    assert target_score(row) == pytest.approx((0.5 + 0.2 + 0.7 + 0.9 + 0.6) / 5)
+
+
+def test_oracle_run_trains_exports_and_predicts_with_oracle_tokens(tmp_path, tiny):
+    """An oracle-feature training run from a model folder, its checkpoint exported to a model
+    folder, and the oracle predictor's box tokens: the projected oracle codes."""
+    from safetensors.torch import load_file
+
+    from chatrex.image_processing import load_image
+    from train.diagnostics.learning_curve import export_checkpoint
+    from train.diagnostics.oracle_features import OracleFeaturePredictor
+    from train.trainer import train
+
+    model, processor = tiny
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    processor.save_pretrained(init)
+    path = make_records(tmp_path / "data", n=3)
+    cfg = tiny_config(path, None, str(tmp_path / "run"), **{"model.init": str(init), "model.tokenizer": "null", "data.feature_cache": "true",
+                                                            "data.oracle_object_features": "true", "train.max_steps": 2})
+    train(cfg.validate())
+    ckpt = tmp_path / "run" / "checkpoint-00000002"
+    folder = export_checkpoint(str(ckpt), str(init), str(tmp_path / "exported"))
+    trained = load_file(ckpt / "model.safetensors")
+    saved = load_file(os.path.join(folder, "model.safetensors"))
+    key = next(k for k in trained if "mm_object_projector" in k)
+    assert torch.equal(trained[key], saved[key]) and not torch.equal(trained[key], model.state_dict()[key])
+
+    records = list(JsonlRecords([path])[i] for i in range(3))
+    predictor = OracleFeaturePredictor.from_pretrained(folder)
+    predictor.use_records(records)
+    rec = records[1]
+    boxes = [r["box"] for r in rec["regions"]]
+    predictor.set_image(load_image(rec["image"]), boxes=boxes)
+    codes = predictor.oracle.codes(rec["regions"], predictor.boxes.numpy(), rec["width"], rec["height"])
+    with torch.no_grad():
+        expected = predictor.model.model.project_objects([codes])[0]
+    assert torch.allclose(predictor._cache.object_features[0], expected, atol=1e-5)
+    assert predictor.detect("red square").answer is not None  # generation runs on the swapped tokens
+    with pytest.raises(KeyError, match="not among the records"):
+        predictor.set_image(load_image(records[0]["image"]).rotate(90), boxes=boxes[:1])

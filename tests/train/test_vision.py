@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from chatrex import ChatRexForConditionalGeneration
 from chatrex.jsonl import JsonlRecords
-from train.vision import LabelSpace, _patch_labels, main
+from train.vision import LabelSpace, _patch_labels, main, preservation_loss
 
 
 def weights(folder):
@@ -58,3 +58,32 @@ def test_vision_stage_argument_errors(args, message, tmp_path, capsys):
         argv += [k, v]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_preserve_and_freeze_low_keep_clip_and_limit_drift(records_path, tiny_tokenizer_dir, tmp_path):
+    """--freeze-low leaves CLIP untouched and trains the ConvNeXt; --preserve logs the drift
+    from the starting towers, which starts at zero."""
+    init = tmp_path / "init"
+    assert main(["--records", records_path, "--init", "chatrex-tiny-random", "--tokenizer", tiny_tokenizer_dir, "--out", str(init),
+                 "--steps", "1", "--batch-size", "2", "--workers", "0", "--warmup-steps", "1"]) == 0
+    start = weights(init / "final")
+    for preserve in ("0", "50"):
+        out = tmp_path / f"p{preserve}"
+        assert main(["--records", records_path, "--init", str(init / "final"), "--out", str(out), "--steps", "4", "--batch-size", "2",
+                     "--log-every", "1", "--workers", "0", "--warmup-steps", "1", "--lr", "0.01", "--freeze-low", "--preserve", preserve]) == 0
+        end = weights(out / "final")
+        assert all(torch.equal(start[k], end[k]) for k in start if ".vision_low." in k)
+        assert any(not torch.equal(start[k], end[k]) for k in start if ".vision_high." in k)
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
+        assert "patch_category" not in rows[0]
+        if preserve != "0":
+            assert rows[0]["drift"] == 0.0
+
+
+def test_preservation_loss_is_relative_and_skips_frozen_outputs():
+    ref = (None, torch.ones(2, 3), torch.full((4, 2), 2.0))
+    assert preservation_loss((None, ref[1].clone(), ref[2].clone()), ref).item() == 0.0
+    moved = (None, ref[1] * 1.1, ref[2] * 1.1)
+    loss = preservation_loss(moved, ref).item()
+    assert loss == pytest.approx(2 * 0.01, rel=1e-4)  # each output: (0.1 x)^2 / x^2
+    assert preservation_loss(tuple(None if t is None else 10 * t for t in moved), tuple(None if t is None else 10 * t for t in ref)).item() == pytest.approx(loss, rel=1e-4)

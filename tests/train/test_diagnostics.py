@@ -62,6 +62,30 @@ def test_referring_causes(text, pred, cause):
     assert referring_cause({"text": text, "targets": [0]}, REGIONS, pred, BOX_LIST) == cause
 
 
+PART_REGIONS = [
+    region([0, 0, 40, 20], "car", "red", "dotted", "large"),                                    # 0
+    dict(region([2, 10, 10, 20], "wheel", "black", granularity="fine"), parent=0),             # 1: left wheel of 0
+    dict(region([30, 10, 38, 20], "wheel", "black", granularity="fine"), parent=0),            # 2: right wheel of 0
+    region([50, 0, 90, 20], "car", "red", "striped", "large"),                                  # 3
+    dict(region([52, 10, 60, 20], "wheel", "black", granularity="fine"), parent=3),            # 4
+    region([0, 50, 40, 70], "car", "red", "dotted", "small"),                                   # 5
+    dict(region([2, 60, 10, 70], "wheel", "black", granularity="fine"), parent=5),             # 6
+]
+
+
+@pytest.mark.parametrize("text, pred, cause", [
+    ("the left wheel of the dotted car", [[2, 10, 10, 20]], None),
+    ("the left wheel of the dotted car", [[30, 10, 38, 20]], "wrong relation or ordinal"),   # the right car, the other wheel
+    ("the left wheel of the dotted car", [[52, 10, 60, 20]], "wrong attribute (pattern)"),   # a striped car's wheel
+    ("the left wheel of the large car", [[2, 60, 10, 70]], "wrong attribute (size)"),
+    ("the left wheel of the leftmost car", [[52, 10, 60, 20]], "wrong relation or ordinal"),
+    ("the wheel of the car", [[52, 10, 60, 20]], "right category, wrong instance"),
+])
+def test_part_expressions_are_judged_by_the_chosen_parts_object(text, pred, cause):
+    boxes = [r["box"] for r in PART_REGIONS]
+    assert referring_cause({"text": text, "targets": [1]}, PART_REGIONS, pred, boxes) == cause
+
+
 def test_no_target_and_missing_proposal_causes():
     assert referring_cause({"text": "the green car", "targets": []}, REGIONS, [], BOX_LIST) is None
     assert referring_cause({"text": "the green car", "targets": []}, REGIONS, [[0, 0, 10, 10]], BOX_LIST) == "box for a no-target query"

@@ -12,8 +12,13 @@ referring (Acc@0.5 on the first box):
   category that differs in an attribute the expression names;
 * ``wrong relation or ordinal``: another instance that agrees on every named attribute, for an
   expression with a relation ("left of", "next to", ...) or an ordinal ("leftmost", ...);
-* ``right category, wrong instance``: any other instance of the category (part expressions
-  such as "the left wheel of the red car" land here when the wheel belongs to another car);
+* ``right category, wrong instance``: any other instance of the category.
+
+A part expression ("the window of the dotted car") is judged by the object its chosen part
+belongs to (the region's ``parent``): another car that is not dotted is a wrong attribute
+(pattern), another car when the expression names an ordinal or a relation is a wrong relation
+or ordinal, the other wheel of the right car is a wrong relation or ordinal when the expression
+says left or right, and a wrong instance otherwise.
 * ``another object``: a whole object of another category;
 * ``part or background``: a part of an object, or no region at all.
 
@@ -108,15 +113,23 @@ def referring_cause(query: dict, regions: list[dict], pred_boxes, box_list) -> s
         return "part or background"
     chosen = regions[int(ious.argmax())]
     target = targets[0]
-    if chosen["category"] == target["category"]:
-        named = named_attributes(query["text"]) if referring_form(query["text"]) != "part" else {}
-        for attr in ("color", "pattern", "size"):
-            if attr in named and (chosen.get("attributes") or {}).get(attr) != named[attr]:
-                return f"wrong attribute ({'colour' if attr == 'color' else attr})"
-        if referring_form(query["text"]) in ("relation", "ordinal"):
-            return "wrong relation or ordinal"
-        return "right category, wrong instance"
-    return "another object" if chosen.get("granularity", "coarse") == "coarse" else "part or background"
+    if chosen["category"] != target["category"]:
+        return "another object" if chosen.get("granularity", "coarse") == "coarse" else "part or background"
+    text = query["text"].lower()
+    if referring_form(text) == "part":
+        # "the [left|right] PART of OBJECT": judge the object the chosen part belongs to.
+        parent_of = lambda r: r.get("parent")  # noqa: E731
+        if parent_of(chosen) is None or parent_of(chosen) == parent_of(target):
+            return "wrong relation or ordinal" if re.match(r"^the (left|right) ", text) else "right category, wrong instance"
+        text = "the " + _PART_OF.sub("", text)
+        chosen = regions[parent_of(chosen)] if 0 <= parent_of(chosen) < len(regions) else chosen
+    named = named_attributes(text)
+    for attr in ("color", "pattern", "size"):
+        if attr in named and (chosen.get("attributes") or {}).get(attr) != named[attr]:
+            return f"wrong attribute ({'colour' if attr == 'color' else attr})"
+    if referring_form(text) in ("relation", "ordinal"):
+        return "wrong relation or ordinal"
+    return "right category, wrong instance"
 
 
 def detection_counts(target_boxes, pred_boxes, box_list) -> Counter:

@@ -211,3 +211,35 @@ def test_oracle_run_trains_exports_and_predicts_with_oracle_tokens(tmp_path, tin
     assert predictor.detect("red square").answer is not None  # generation runs on the swapped tokens
     with pytest.raises(KeyError, match="not among the records"):
         predictor.set_image(load_image(records[0]["image"]).rotate(90), boxes=boxes[:1])
+
+
+@pytest.fixture
+def bundle_predictor(tiny_bundle_dir):
+    from chatrex.predictor import ChatRexPredictor
+
+    return ChatRexPredictor.from_pretrained(str(tiny_bundle_dir))
+
+
+def test_analyse_counts_every_query_once(tmp_path, bundle_predictor):
+    from train.diagnostics.error_causes import analyse, detection_table
+
+    path = make_records(tmp_path / "data", n=3)
+    records = [JsonlRecords([path])[i] for i in range(3)]
+    result = analyse(bundle_predictor, records, per_image=2, progress=False)
+    assert result["referring"] == {}  # these records have phrase queries only
+    rows = result["detection"]
+    assert set(rows) == {"phrase 1", "phrase no target"}
+    assert rows["phrase 1"]["queries"] == 3 and rows["phrase 1"]["instances"] == 3
+    one = rows["phrase 1"]
+    assert one.get("tp", 0) + one.get("missing instance", 0) + one.get("no target proposal", 0) == 3
+    assert "| phrase 1 | 3 | 3 |" in detection_table(result)
+
+
+def test_evaluate_model_gives_the_validation_row(tmp_path, bundle_predictor):
+    from train.diagnostics.learning_curve import evaluate_model, target_score
+
+    path = make_records(tmp_path / "data", n=2)
+    row = evaluate_model(bundle_predictor, path, None, caption_images=1)
+    assert set(row) >= {"referring", "no_target", "det_precision", "det_recall", "region", "caption_recall", "caption_precision", "target_score"}
+    assert all(0.0 <= row[k] <= 1.0 for k in ("referring", "det_precision", "det_recall", "region"))
+    assert row["target_score"] == pytest.approx(target_score(row), abs=1e-4)

@@ -243,3 +243,15 @@ def test_evaluate_model_gives_the_validation_row(tmp_path, bundle_predictor):
     assert set(row) >= {"referring", "no_target", "det_precision", "det_recall", "region", "caption_recall", "caption_precision", "target_score"}
     assert all(0.0 <= row[k] <= 1.0 for k in ("referring", "det_precision", "det_recall", "region"))
     assert row["target_score"] == pytest.approx(target_score(row), abs=1e-4)
+
+
+def test_probes_run_on_a_model_and_skip_attributes_the_records_lack(tmp_path, tiny):
+    from train.diagnostics.feature_probes import REDUCTIONS, format_table, run
+
+    model, processor = tiny
+    records = [JsonlRecords([make_records(tmp_path / "data", n=6)])[i] for i in range(6)]
+    results = run(model, processor, records[:4], records[4:], progress=False)
+    assert set(results) == set(REDUCTIONS)
+    assert results["encoder"]["category"]["classes"] == 2 and results["encoder"]["category"]["test"] == 5
+    assert results["encoder"]["color"]["accuracy"] is None  # these records carry no attributes
+    assert "| mean+max | " in format_table(results)

@@ -103,6 +103,9 @@ def probe(train_x, train_y: list, test_x, test_y: list, l2_grid=(1e-4, 1e-3, 1e-
     keep_tr = [i for i, v in enumerate(train_y) if v is not None]
     keep_te = [i for i, v in enumerate(test_y) if v is not None and v in set(train_y)]
     classes = sorted({train_y[i] for i in keep_tr})
+    if len(classes) < 2 or not keep_te:
+        # Nothing to tell apart (or nothing to score): an attribute the records do not carry.
+        return {"accuracy": None, "majority": None, "classes": len(classes), "train": len(keep_tr), "test": len(keep_te), "l2": None}
     index = {c: k for k, c in enumerate(classes)}
     xtr, xte = train_x[keep_tr], test_x[keep_te]
     ytr = torch.tensor([index[train_y[i]] for i in keep_tr])
@@ -129,10 +132,11 @@ def run(model, processor, train_records, test_records, reductions=REDUCTIONS, pr
 
 
 def format_table(results: dict) -> str:
-    lines = ["| features | dim | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
+    """Markdown: one row per reduction, test accuracy with the majority rate beside it."""
+    lines = ["| features | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---|" * len(ATTRIBUTES)]
     for r, row in results.items():
-        dim = row.get("_dim", "")
-        lines.append(f"| {r} | {dim} | " + " | ".join(f"{row[a]['accuracy']:.3f} (maj. {row[a]['majority']:.2f})" for a in ATTRIBUTES) + " |")
+        cells = ["-" if row[a]["accuracy"] is None else f"{row[a]['accuracy']:.3f} (maj. {row[a]['majority']:.2f})" for a in ATTRIBUTES]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -163,8 +167,11 @@ def main(argv=None) -> int:
 
     model, processor = load_model_and_processor(args.model, None)
     model.eval()
-    take = lambda path, n: [r[i] for r in [JsonlRecords([path])] for i in range(min(n, len(r)))]  # noqa: E731
-    results = run(model, processor, take(args.train, args.train_images), take(args.test, args.test_images), reductions)
+    def first(path: str, n: int) -> list[dict]:
+        records = JsonlRecords([path])
+        return [records[i] for i in range(min(n, len(records)))]
+
+    results = run(model, processor, first(args.train, args.train_images), first(args.test, args.test_images), reductions)
     print(format_table(results))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -255,3 +255,18 @@ def test_probes_run_on_a_model_and_skip_attributes_the_records_lack(tmp_path, ti
     assert results["encoder"]["category"]["classes"] == 2 and results["encoder"]["category"]["test"] == 5
     assert results["encoder"]["color"]["accuracy"] is None  # these records carry no attributes
     assert "| mean+max | " in format_table(results)
+
+
+def test_examples_check_counts_every_query(tmp_path, bundle_predictor):
+    import json as _json
+
+    from PIL import Image
+
+    from train.diagnostics.examples_check import check
+
+    Image.new("RGB", (64, 48), (200, 200, 200)).save(tmp_path / "a.png")
+    objects = [{"category": "square", "phrase": "red square", "referring": "the red square", "box": [4, 4, 20, 20]}]
+    (tmp_path / "contents.json").write_text(_json.dumps([{"image": "a.png", "objects": objects}, {"image": "a.png", "objects": objects * 2}]))
+    result = check(bundle_predictor, str(tmp_path))
+    assert result["total"] == 9 and result["first_image_total"] == 3
+    assert result["found"] + len(result["misses"]) == 9

@@ -75,7 +75,7 @@ PART_REGIONS = [
 
 @pytest.mark.parametrize("text, pred, cause", [
     ("the left wheel of the dotted car", [[2, 10, 10, 20]], None),
-    ("the left wheel of the dotted car", [[30, 10, 38, 20]], "wrong relation or ordinal"),   # the right car, the other wheel
+    ("the left wheel of the dotted car", [[30, 10, 38, 20]], "wrong side (left/right part)"),   # the right car, the other wheel
     ("the left wheel of the dotted car", [[52, 10, 60, 20]], "wrong attribute (pattern)"),   # a striped car's wheel
     ("the left wheel of the large car", [[2, 60, 10, 70]], "wrong attribute (size)"),
     ("the left wheel of the leftmost car", [[52, 10, 60, 20]], "wrong relation or ordinal"),

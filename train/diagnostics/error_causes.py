@@ -17,8 +17,8 @@ referring (Acc@0.5 on the first box):
 A part expression ("the window of the dotted car") is judged by the object its chosen part
 belongs to (the region's ``parent``): another car that is not dotted is a wrong attribute
 (pattern), another car when the expression names an ordinal or a relation is a wrong relation
-or ordinal, the other wheel of the right car is a wrong relation or ordinal when the expression
-says left or right, and a wrong instance otherwise.
+or ordinal, the other wheel of the right car is ``wrong side (left/right part)`` when the
+expression says left or right, and a wrong instance otherwise.
 * ``another object``: a whole object of another category;
 * ``part or background``: a part of an object, or no region at all.
 
@@ -120,7 +120,7 @@ def referring_cause(query: dict, regions: list[dict], pred_boxes, box_list) -> s
         # "the [left|right] PART of OBJECT": judge the object the chosen part belongs to.
         parent_of = lambda r: r.get("parent")  # noqa: E731
         if parent_of(chosen) is None or parent_of(chosen) == parent_of(target):
-            return "wrong relation or ordinal" if re.match(r"^the (left|right) ", text) else "right category, wrong instance"
+            return "wrong side (left/right part)" if re.match(r"^the (left|right) ", text) else "right category, wrong instance"
         text = "the " + _PART_OF.sub("", text)
         chosen = regions[parent_of(chosen)] if 0 <= parent_of(chosen) < len(regions) else chosen
     named = named_attributes(text)
@@ -183,7 +183,7 @@ def analyse(predictor, records, per_image: int | None = 3, batch_size: int = 8, 
 
 
 REFERRING_CAUSES = ("no target proposal", "right category, wrong instance", "wrong attribute (colour)", "wrong attribute (pattern)",
-                    "wrong attribute (size)", "wrong relation or ordinal", "another object", "part or background", "no box",
+                    "wrong attribute (size)", "wrong relation or ordinal", "wrong side (left/right part)", "another object", "part or background", "no box",
                     "box for a no-target query")
 
 
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--per-image", type=int, default=3, help="queries of each type per image, drawn as chatrex eval draws them (default 3)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--oracle", action="store_true", help="perfect box features (models trained with data.oracle_object_features)")
     p.add_argument("--out", help="write the counts as JSON here")
     args = p.parse_args(argv)
     for name in ("limit", "per_image", "batch_size"):
@@ -236,7 +237,13 @@ def main(argv=None) -> int:
         records = _records(args.data, args.limit)
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
-    predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
+    if args.oracle:
+        from .oracle_features import OracleFeaturePredictor
+
+        predictor = OracleFeaturePredictor.from_pretrained(args.model, upn=args.upn)
+        predictor.use_records(records)
+    else:
+        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
     result = analyse(predictor, records, args.per_image, args.batch_size)
     print(referring_table(result) + "\n\n" + detection_table(result))
     if args.out:

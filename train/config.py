@@ -72,6 +72,9 @@ class DataConfig:
     """Diagnostic (needs ``feature_cache``): every box token is a perfect feature of the matched
     region's true attributes (train/diagnostics/oracle_features.py), to measure what the LLM
     can learn when the vision side is perfect. Never for a model you ship."""
+    oracle_parent_features: bool = False
+    """With ``oracle_object_features``: a part's oracle feature also states the object it
+    belongs to (its record ``parent``)."""
 
     def sources(self) -> list[DataSource]:
         """``train`` as sources (path, weight or None); ValueError names a bad entry."""
@@ -158,6 +161,8 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}: {getattr(getattr(self, section), key)!r}")
         if self.data.oracle_object_features and not self.data.feature_cache:
             raise ValueError("data.oracle_object_features needs data.feature_cache: true (oracle rows replace the cached box features)")
+        if self.data.oracle_parent_features and not self.data.oracle_object_features:
+            raise ValueError("data.oracle_parent_features needs data.oracle_object_features: true")
         if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
             raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
         # Imports the model code, so it comes after the cheap checks; the ValueError names the

@@ -140,7 +140,7 @@ def _feature_caches(cfg: TrainConfig, model, processor, accelerator) -> dict:
     if cfg.data.oracle_object_features:
         from .diagnostics.oracle_features import OracleFeatureCache, OracleFeatures
 
-        oracle = OracleFeatures(model.config, processor.image_processor)
+        oracle = OracleFeatures(model.config, processor.image_processor, parent=cfg.data.oracle_parent_features)
         caches = {path: OracleFeatureCache(cache, JsonlRecords([path]), oracle) for path, cache in caches.items()}
     return caches
 

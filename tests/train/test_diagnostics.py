@@ -270,3 +270,24 @@ def test_examples_check_counts_every_query(tmp_path, bundle_predictor):
     result = check(bundle_predictor, str(tmp_path))
     assert result["total"] == 9 and result["first_image_total"] == 3
     assert result["found"] + len(result["misses"]) == 9
+
+
+def test_oracle_parent_codes_say_whose_part_it_is(tiny):
+    model, processor = tiny
+    plain = OracleFeatures(model.config, processor.image_processor)
+    with_parent = OracleFeatures(model.config, processor.image_processor, parent=True)
+    boxes = [r["box"] for r in PART_REGIONS]
+    a, b = plain.codes(PART_REGIONS, boxes, 100, 100), with_parent.codes(PART_REGIONS, boxes, 100, 100)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[3], b[3])  # whole objects: unchanged
+    # Two identical wheels of differently patterned cars: the same without parents, told apart with them.
+    assert torch.allclose(a[1] - plain.codes(PART_REGIONS[1:2], [boxes[1]], 100, 100)[0], torch.zeros_like(a[1]), atol=1e-6)
+    extra = b[4] - a[4]
+    expected = sum(with_parent.code(f"parent {f}", v) for f, v in [("category", "car"), ("color", "red"), ("pattern", "striped"), ("size", "large")])
+    assert torch.allclose(extra, expected, atol=1e-5)
+
+
+def test_oracle_parent_features_need_oracle_features(tmp_path, tiny_tokenizer_dir):
+    path = make_records(tmp_path / "data", n=2)
+    cfg = tiny_config(path, tiny_tokenizer_dir, str(tmp_path / "out"), **{"data.feature_cache": "true", "data.oracle_parent_features": "true"})
+    with pytest.raises(ValueError, match="oracle_parent_features needs data.oracle_object_features"):
+        cfg.validate()

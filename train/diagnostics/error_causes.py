@@ -224,6 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-image", type=int, default=3, help="queries of each type per image, drawn as chatrex eval draws them (default 3)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--oracle", action="store_true", help="perfect box features (models trained with data.oracle_object_features)")
+    p.add_argument("--oracle-parent", action="store_true", help="with --oracle: parts' features also state their object (data.oracle_parent_features)")
     p.add_argument("--out", help="write the counts as JSON here")
     args = p.parse_args(argv)
     for name in ("limit", "per_image", "batch_size"):
@@ -241,7 +242,7 @@ def main(argv=None) -> int:
         from .oracle_features import OracleFeaturePredictor
 
         predictor = OracleFeaturePredictor.from_pretrained(args.model, upn=args.upn)
-        predictor.use_records(records)
+        predictor.use_records(records, parent=args.oracle_parent)
     else:
         predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
     result = analyse(predictor, records, args.per_image, args.batch_size)

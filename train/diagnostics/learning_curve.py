@@ -99,12 +99,12 @@ def extrapolation(rows: list[dict]) -> dict[str, float | None]:
     return {m: samples_needed([(r["samples"], r[m]) for r in rows if m in r], t) for m, t in TARGETS.items()}
 
 
-def _predictor(folder: str, oracle: bool, records):
+def _predictor(folder: str, oracle: bool, records, parent: bool = False):
     if oracle:
         from .oracle_features import OracleFeaturePredictor
 
         predictor = OracleFeaturePredictor.from_pretrained(folder)
-        predictor.use_records(records)
+        predictor.use_records(records, parent=parent)
         return predictor
     from chatrex.predictor import ChatRexPredictor
 
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--caption-images", type=int, default=50, help="grounded-caption images (0: skip; default 50)")
     p.add_argument("--oracle", action="store_true", help="perfect box features (runs trained with data.oracle_object_features)")
+    p.add_argument("--oracle-parent", action="store_true", help="with --oracle: parts' features also state their object (data.oracle_parent_features)")
     p.add_argument("--processes", type=int, default=1, help="training processes the run used (torchrun --nproc_per_node; default 1)")
     p.add_argument("--steps", help="comma-separated checkpoint steps to evaluate (default: all)")
     args = p.parse_args(argv)
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         if step in done:
             continue
         folder = path if step == 0 else export_checkpoint(path, cfg.model.init, os.path.join(args.run, "models", f"step-{step:08d}"))
-        row = {"step": step, "samples": step * samples_per_step, **evaluate_model(_predictor(folder, args.oracle, records), args.data, args.limit, args.caption_images)}
+        row = {"step": step, "samples": step * samples_per_step, **evaluate_model(_predictor(folder, args.oracle, records, args.oracle_parent), args.data, args.limit, args.caption_images)}
         with open(out_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

@@ -4,6 +4,9 @@ Each box of a box list is given a feature that states its true attributes: the b
 to the record's best-overlapping region (IoU >= 0.5) and its feature is the sum of a fixed random
 code per field value (category, colour, pattern, size, granularity; ``background`` for a box
 that matches no region) plus the box's sine position embedding, as the object encoder adds it.
+With ``parent`` a part's feature also carries its object's category and attributes (the
+record's ``parent`` region), which measures how much of the part expressions' errors is the
+LLM failing to tell which object a part belongs to.
 The codes are random but fixed (seeded by the field and value), and the object projector that
 follows is trained, so together they are a learned embedding of the attributes. Whatever the
 LLM and pointer head fail to learn from these features, they would fail to learn from any.
@@ -31,8 +34,9 @@ IOU = 0.5
 class OracleFeatures:
     """``codes(regions, boxes, width, height)`` -> (K, C) features for pixel xyxy ``boxes``."""
 
-    def __init__(self, config, image_processor, seed: int = 0):
+    def __init__(self, config, image_processor, seed: int = 0, parent: bool = False):
         self.dim = config.object_feature_dim
+        self.parent = parent
         self.temperature, self.scale, self.order = config.pos_embed_temperature, config.pos_embed_scale, config.box_embed_order
         self.image_processor = image_processor
         self.seed = seed
@@ -45,12 +49,22 @@ class OracleFeatures:
             self._codes[key] = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)) / len(FIELDS) ** 0.5
         return self._codes[key]
 
-    def region_code(self, region: dict | None) -> torch.Tensor:
+    def region_code(self, region: dict | None, parent: dict | None = None) -> torch.Tensor:
+        """The attribute codes of ``region``; with ``parent`` (the object a part belongs to), its
+        codes too, under their own fields, so a part's token also says whose part it is."""
         if region is None:
             return self.code("category", "background")
         attrs = region.get("attributes") or {}
         values = {"category": region["category"], "granularity": region.get("granularity", "coarse"), **{f: attrs.get(f) for f in ("color", "pattern", "size")}}
-        return sum(self.code(f, values[f]) for f in FIELDS)
+        code = sum(self.code(f, values[f]) for f in FIELDS)
+        if parent is not None:
+            code = code + sum(self.code(f"parent {f}", v) for f, v in [("category", parent["category"]), *(parent.get("attributes") or {}).items()])
+        return code
+
+    def _parent(self, region: dict | None, regions: list[dict]) -> dict | None:
+        if not self.parent or region is None or not isinstance(region.get("parent"), int) or not 0 <= region["parent"] < len(regions):
+            return None
+        return regions[region["parent"]]
 
     def codes(self, regions: list[dict], boxes, width: int, height: int) -> torch.Tensor:
         boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float64), dtype=torch.float32).reshape(-1, 4)
@@ -62,7 +76,7 @@ class OracleFeatures:
             matched = [regions[int(j)] if v >= IOU else None for v, j in zip(best, which)]
         else:
             matched = [None] * len(boxes)
-        feats = torch.stack([self.region_code(r) for r in matched])
+        feats = torch.stack([self.region_code(r, self._parent(r, regions)) for r in matched])
         meta = self.image_processor.image_meta(width, height)
         offsets = torch.tensor([meta.offset_x, meta.offset_y, meta.offset_x, meta.offset_y], dtype=torch.float32)
         norm = (boxes + offsets) / max(width, height)
@@ -103,10 +117,10 @@ class OracleFeaturePredictor(ChatRexPredictor):
     """A predictor whose box tokens are oracle features of the records given to
     :meth:`use_records` (images are recognised by their pixels)."""
 
-    def use_records(self, records: list[dict]) -> None:
+    def use_records(self, records: list[dict], parent: bool = False) -> None:
         from chatrex.image_processing import load_image, to_rgb_image
 
-        self.oracle = OracleFeatures(self.model.config, self.processor.image_processor)
+        self.oracle = OracleFeatures(self.model.config, self.processor.image_processor, parent=parent)
         self._by_pixels = {hashlib.sha1(to_rgb_image(load_image(r["image"])).tobytes()).hexdigest(): r for r in records}
         self._to_rgb = to_rgb_image
 

@@ -189,13 +189,14 @@ REFERRING_CAUSES = ("no target proposal", "right category, wrong instance", "wro
 
 def referring_table(result: dict) -> str:
     """Markdown: one row per referring form plus a total, causes as fractions of the row's queries."""
+    title = "Referring expressions: Acc@0.5 ('correct') and each cause of a wrong answer, as fractions of the row's queries"
     rows = dict(result["referring"])
     total = Counter()
     for v in rows.values():
         total.update(v)
     rows["all"] = dict(total)
     causes = [c for c in REFERRING_CAUSES if total.get(c)]
-    lines = ["| form | queries | correct | " + " | ".join(causes) + " |", "|---|---|---|" + "---|" * len(causes)]
+    lines = [title, "", "| form | queries | correct | " + " | ".join(causes) + " |", "|---|---|---|" + "---|" * len(causes)]
     for form, v in rows.items():
         n = v.get("total", 0)
         if n:
@@ -205,7 +206,9 @@ def referring_table(result: dict) -> str:
 
 def detection_table(result: dict) -> str:
     """Markdown: recall and precision per query kind and instance count, with the misses' causes."""
-    lines = ["| queries | n | instances | recall | precision | missed: not proposed | missed: not named | extra boxes |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["Detection by query kind and number of instances (one-to-one matching at IoU 0.5). Missed instances, counted: "
+             "'not proposed' = no box of the image's box list overlaps it; 'proposed, not named' = one did and the answer did not name it",
+             "", "| queries | n | instances | recall | precision | missed: not proposed | missed: proposed, not named | extra boxes |", "|---|---|---|---|---|---|---|---|"]
     for key, v in result["detection"].items():
         inst, tp, extra = v.get("instances", 0), v.get("tp", 0), v.get("extra box", 0)
         rec = f"{tp / inst:.2f}" if inst else "-"
@@ -221,7 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--upn", help="proposal network folder (default: the model's own)")
     p.add_argument("--data", required=True, help="a records folder (records.jsonl inside) or a records.jsonl")
     p.add_argument("--limit", type=int, help="first N images only")
-    p.add_argument("--per-image", type=int, default=3, help="queries of each type per image, drawn as chatrex eval draws them (default 3)")
+    p.add_argument("--per-image", type=int, default=3,
+                   help="at most N referring, N category and N phrase queries per image, drawn as chatrex eval draws them (default 3)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--oracle", action="store_true", help="perfect box features (models trained with data.oracle_object_features)")
     p.add_argument("--oracle-parent", action="store_true", help="with --oracle: parts' features also state their object (data.oracle_parent_features)")
@@ -231,20 +235,24 @@ def main(argv=None) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    from chatrex.evaluation.data_sources import missing_records_message, records_file
     from chatrex.evaluation.runner import _records
     from chatrex.predictor import ChatRexPredictor
 
-    try:
-        records = _records(args.data, args.limit)
-    except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
-    if args.oracle:
-        from .oracle_features import OracleFeaturePredictor
+    if not os.path.isfile(records_file(args.data)):
+        p.error(missing_records_message(args.data, eval_command=False))
+    records = _records(args.data, args.limit)
+    try:  # a model name or folder that is not there: one line, not a traceback
+        if args.oracle:
+            from .oracle_features import OracleFeaturePredictor
 
-        predictor = OracleFeaturePredictor.from_pretrained(args.model, upn=args.upn)
-        predictor.use_records(records, parent=args.oracle_parent)
-    else:
-        predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
+            predictor = OracleFeaturePredictor.from_pretrained(args.model, upn=args.upn)
+            predictor.use_records(records, parent=args.oracle_parent)
+        else:
+            predictor = ChatRexPredictor.from_pretrained(args.model, upn=args.upn)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     result = analyse(predictor, records, args.per_image, args.batch_size)
     print(referring_table(result) + "\n\n" + detection_table(result))
     if args.out:

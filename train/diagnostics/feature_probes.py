@@ -133,7 +133,9 @@ def run(model, processor, train_records, test_records, reductions=REDUCTIONS, pr
 
 def format_table(results: dict) -> str:
     """Markdown: one row per reduction, test accuracy with the majority rate beside it."""
-    lines = ["| features | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---|" * len(ATTRIBUTES)]
+    lines = ["Linear-probe accuracy on the test objects (in brackets: the majority-class rate; at or below it, "
+             "the attribute cannot be read from these features)", "",
+             "| features | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---|" * len(ATTRIBUTES)]
     for r, row in results.items():
         cells = ["-" if row[a]["accuracy"] is None else f"{row[a]['accuracy']:.3f} (maj. {row[a]['majority']:.2f})" for a in ATTRIBUTES]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
@@ -144,11 +146,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.diagnostics.feature_probes", description=__doc__.split("\n\n")[0],
                                 epilog="Example::" + __doc__.split("Example::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="chatrex-tiny", help="bundled model name or ChatRex folder (default chatrex-tiny)")
-    p.add_argument("--train", required=True, help="records.jsonl the probes are fitted on")
-    p.add_argument("--test", required=True, help="records.jsonl the probes are scored on")
-    p.add_argument("--train-images", type=int, default=400)
-    p.add_argument("--test-images", type=int, default=150)
-    p.add_argument("--reductions", default=",".join(REDUCTIONS), help=f"comma-separated subset of {', '.join(REDUCTIONS)}")
+    p.add_argument("--train", required=True, help="records (a records.jsonl or a folder holding one) the probes are fitted on")
+    p.add_argument("--test", required=True, help="records the probes are scored on (other images than --train)")
+    p.add_argument("--train-images", type=int, default=400, help="use the first N training images (default 400)")
+    p.add_argument("--test-images", type=int, default=150, help="use the first N test images (default 150)")
+    p.add_argument("--reductions", default=",".join(REDUCTIONS),
+                   help="comma-separated feature rows (default: all): encoder = what the object projector receives; projected = after it; "
+                        "mean, max, mean+max, mean+std = other poolings of the same ROI grid")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     reductions = [r.strip() for r in args.reductions.split(",") if r.strip()]
@@ -158,14 +162,21 @@ def main(argv=None) -> int:
     for name in ("train_images", "test_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from chatrex.evaluation.data_sources import missing_records_message, records_file
+
     for path in (args.train, args.test):
-        if not os.path.isfile(path):
-            p.error(f"records file not found: {path}")
+        if not os.path.isfile(records_file(path)):
+            p.error(missing_records_message(path, eval_command=False))
+    args.train, args.test = records_file(args.train), records_file(args.test)
     from chatrex.jsonl import JsonlRecords
 
     from ..model_loading import load_model_and_processor
 
-    model, processor = load_model_and_processor(args.model, None)
+    try:
+        model, processor = load_model_and_processor(args.model, None)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     model.eval()
     def first(path: str, n: int) -> list[dict]:
         records = JsonlRecords([path])

@@ -129,10 +129,21 @@ def main(argv=None) -> int:
 
     config_path = os.path.join(args.run, "config.yaml")
     if not os.path.isfile(config_path):
-        p.error(f"{config_path} not found: RUN must be a training output folder")
+        p.error(f"{config_path} not found: RUN must be a training output folder (train/recipes/chatrex_tiny_limits.sh makes runs/continue-cached)")
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
+    from chatrex.evaluation.data_sources import missing_records_message, records_file
+
+    if not os.path.isfile(records_file(args.data)):
+        p.error(missing_records_message(args.data, eval_command=False))
+    try:
+        wanted = None if not args.steps else {int(s) for s in args.steps.split(",")}
+    except ValueError:
+        p.error(f"--steps takes comma-separated integers, got {args.steps!r}")
     cfg = load_config(config_path, [])
     samples_per_step = cfg.train.batch_size * cfg.train.grad_accum * args.processes
-    wanted = None if not args.steps else {int(s) for s in args.steps.split(",")}
     out_path = os.path.join(args.run, "learning_curve.jsonl")
     done = {json.loads(line)["step"] for line in open(out_path)} if os.path.isfile(out_path) else set()
     from chatrex.evaluation.runner import _records
@@ -140,6 +151,10 @@ def main(argv=None) -> int:
     records = _records(args.data, args.limit) if args.oracle else None
     points = [(0, args.init)] if args.init else []
     points += [(step, path) for step, path in list_checkpoints(args.run) if wanted is None or step in wanted]
+    if not points and not done:
+        print(f"error: no checkpoint-* in {args.run}{' with steps ' + args.steps if args.steps else ''} and no --init: nothing to evaluate "
+              "(train/recipes/chatrex_tiny_limits.sh makes runs/continue-cached)", file=sys.stderr)
+        return 1
     for step, path in points:
         if step in done:
             continue

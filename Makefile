@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 
-.PHONY: setup test test-quick demo finetune-tiny lock test-latest clean
+.PHONY: setup test test-quick lint demo finetune-tiny lock test-latest clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff (pinned in the lock; rules in pyproject.toml): pyflakes and import order. CI runs it first.
+lint: setup
+	$(PY) -m ruff check .
 
 # The smoke tests only (about a minute): imports, `chatrex detect` on an example, one training
 # step, the demo's functions.

@@ -23,7 +23,7 @@ import time
 import torch
 from PIL import Image
 
-from chatrex import templates
+from chatrex.text import prompts
 from chatrex.evaluation.runner import evaluate
 from chatrex.predictor import ChatRexPredictor, resolve_model_path
 
@@ -53,7 +53,7 @@ def prefill_step(p: ChatRexPredictor):
     ip = p.processor.image_processor
     low, high, meta = ip.preprocess(image)
     boxes = ip.normalize_boxes(p.propose(image).boxes.numpy(), meta)
-    question = templates.DETECTION["category"][0].format(phrase="boat")
+    question = prompts.DETECTION["category"][0].format(phrase="boat")
     ids, _ = p.processor.encode_sample([{"role": "user", "content": question}], num_boxes=len(boxes), has_image=True, add_generation_prompt=True)
     x = torch.tensor([ids])
 

@@ -20,8 +20,8 @@ from collections import defaultdict
 import numpy as np
 from tqdm.auto import tqdm
 
-from chatrex import templates
-from chatrex.coordinates import parse_coordinate_answer
+from chatrex.text import prompts
+from chatrex.text.coordinates import parse_coordinate_answer
 from chatrex.evaluation.metrics import ClassCounts, detection_precision_recall, referring_correct
 from chatrex.evaluation.runner import _image, _records, _sample
 from chatrex import ChatRexPredictor
@@ -59,7 +59,7 @@ class CoordinateLocator:
         self.p.set_image(image, boxes=np.zeros((0, 4)))
 
     def locate(self, phrase: str, kind: str) -> list[list[float]]:
-        raw = self.p.ask(templates.DETECTION[kind][0].format(phrase=phrase)).raw
+        raw = self.p.ask(prompts.DETECTION[kind][0].format(phrase=phrase)).raw
         spans = parse_coordinate_answer(raw, *self.size)
         return spans[0][1] if spans else []
 

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
     from chatrex.predictor import ChatRexPredictor
-    from chatrex import templates
+    from chatrex.text import prompts
 
     _report(step="start", threads=torch.get_num_threads())
     stage["name"] = "build (random init, bf16)"
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     _report(step="set_image", seconds=round(time.time() - t, 1), boxes=args.boxes)
 
     stage["name"] = "prefill"
-    question = templates.DETECTION["category"][0].format(phrase="car")
+    question = prompts.DETECTION["category"][0].format(phrase="car")
     ids, _ = processor.encode_sample([{"role": "user", "content": question}], num_boxes=args.boxes, has_image=True, add_generation_prompt=True)
     input_ids = torch.tensor([ids])
     cache = predictor._require()

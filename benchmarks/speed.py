@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM
 
-from chatrex import templates
+from chatrex.text import prompts
 from chatrex import ChatRexPredictor
 
 from report import emit  # benchmarks/report.py, next to this script
@@ -76,7 +76,7 @@ def breakdown(p: ChatRexPredictor, image: Image.Image, runs: int) -> dict:
         out["projector_s"] = median_time(lambda: (m.project_image(fused), m.project_objects(pooled)), runs)
         out["object_encoder_s"] = median_time(lambda: m.get_object_features(feats.high_res_features, [boxes]), runs)
         objects = m.get_object_features(feats.high_res_features, [boxes])
-        question = templates.DETECTION["category"][0].format(phrase="boat")
+        question = prompts.DETECTION["category"][0].format(phrase="boat")
         ids, _ = p.processor.encode_sample([{"role": "user", "content": question}], num_boxes=len(boxes), has_image=True, add_generation_prompt=True)
         input_ids = torch.tensor([ids])
         out["prompt_tokens"] = len(ids)

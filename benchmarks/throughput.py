@@ -80,7 +80,7 @@ def questions_per_image(p: ChatRexPredictor, full: ChatRexPredictor, counts: lis
 
 
 def many_images(p: ChatRexPredictor, data: str, n: int, batch_size: int) -> dict:
-    from chatrex.jsonl import read_jsonl
+    from chatrex.utils.jsonl import read_jsonl
 
     records = list(read_jsonl(os.path.join(data, "records.jsonl")))[:n]
     images = [Image.open(os.path.join(data, r["image"])).convert("RGB") for r in records]
@@ -107,7 +107,7 @@ def many_images(p: ChatRexPredictor, data: str, n: int, batch_size: int) -> dict
 
 
 def upn_batches(p: ChatRexPredictor, data: str, n: int, sizes: list[int]) -> dict:
-    from chatrex.jsonl import read_jsonl
+    from chatrex.utils.jsonl import read_jsonl
 
     records = list(read_jsonl(os.path.join(data, "records.jsonl")))[:n]
     images = [Image.open(os.path.join(data, r["image"])).convert("RGB") for r in records]

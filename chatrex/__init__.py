@@ -22,14 +22,14 @@ _EXPORTS = {
     "ChatRexForConditionalGeneration": "modeling_chatrex",
     "ChatRexImageFeatures": "modeling_chatrex",
     "ChatRexProcessor": "processing_chatrex",
-    "ChatRexImageProcessor": "image_processing",
-    "GroundedSpan": "answer",
-    "ParsedAnswer": "answer",
-    "parse_answer": "answer",
+    "ChatRexImageProcessor": "image_processing_chatrex",
+    "GroundedSpan": "text.answer",
+    "ParsedAnswer": "text.answer",
+    "parse_answer": "text.answer",
     "PRESETS": "presets",
     "get_preset_config": "presets",
-    "SPECIAL_TOKENS": "special_tokens",
-    "add_special_tokens": "special_tokens",
+    "SPECIAL_TOKENS": "text.special_tokens",
+    "add_special_tokens": "text.special_tokens",
 }
 
 __all__ = list(_EXPORTS) + ["register_auto"]

@@ -17,8 +17,8 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .special_tokens import MAX_OBJECTS
-from .token_compression import METHODS as COMPRESSION_METHODS
+from .text.special_tokens import MAX_OBJECTS
+from .layers.token_compression import METHODS as COMPRESSION_METHODS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 BOX_EMBED_ORDERS = ("cxcywh", "cycxwh")
@@ -48,14 +48,14 @@ class ChatRexConfig(PreTrainedConfig):
         projector_type: ``"mlp2x_gelu"`` (Linear, GELU, Linear) or ``"linear"``.
         token_compression: ``None`` (no compression), ``"avgpool2x2"``, ``"unshuffle_mlp"`` or
             ``"tome"``: compress the fused visual tokens before the projector
-            (:mod:`chatrex.token_compression`). Object tokens are never compressed.
+            (:mod:`chatrex.layers.token_compression`). Object tokens are never compressed.
         token_compression_keep: tokens kept by ``"tome"``.
         object_index_embedding: add the input embedding of ``<objK>`` to the K-th object
             feature. The slot then carries its own index, so retrieving a box (and reading the
             box a question names) is one attention hop instead of an induction circuit; small
             LLMs trained from scratch need it. Off for the full-size preset (released weights).
         object_pointer_head: score ``<objK>`` by matching the position's hidden state against box
-            K's slot (:mod:`chatrex.object_pointer`) instead of by an LM-head row; indices the
+            K's slot (:mod:`chatrex.layers.object_pointer`) instead of by an LM-head row; indices the
             image does not have can never be produced. Needs ``object_token_ids``.
         object_reference_features: add box K's feature to every ``<objK>`` token in the text
             (questions naming a box, indices already answered).

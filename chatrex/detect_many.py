@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from .jsonl import cut_torn_tail, read_jsonl
+from .utils.jsonl import cut_torn_tail, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def detect_lines(predictor, batch: list[DetectInput]) -> list[dict]:
     """One output line per input of ``batch``, in order. Images that cannot be read, and
     questions the model cannot take (e.g. too long), become error lines; the others run as one
     batch (:meth:`ChatRexPredictor.detect_images`)."""
-    from .image_processing import load_image
+    from .image_processing_chatrex import load_image
 
     lines: list[dict | None] = [None] * len(batch)
     images = {}

@@ -210,7 +210,7 @@ def convert_official_once(snapshot: Path, repo_id: str) -> Path:
     :func:`converted_dir` the first time; later calls return that folder. The conversion is
     written to a temporary folder beside it and renamed when complete, so an interrupted one is
     never loaded."""
-    from .official.convert import convert_official
+    from .convert.official import convert_official
 
     target = converted_dir(repo_id, snapshot.name)
     if (target / "config.json").is_file():

@@ -18,11 +18,11 @@ import torch
 from torchvision.ops import box_iou
 from transformers import StoppingCriteriaList
 
-from . import templates
-from .answer import ParsedAnswer, parse_answer
+from .text import prompts as prompt_templates
+from .text.answer import ParsedAnswer, parse_answer
 from .image_cache import EncodedImage, ImageCache, encode_images
-from .image_processing import to_rgb_image
-from .devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
+from .image_processing_chatrex import to_rgb_image
+from .utils.devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
 from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
 from .processing_chatrex import ChatRexProcessor
 from .results import Answer, Detection, history_messages
@@ -31,7 +31,7 @@ from .prompt_cache import PromptPrefix, continuation_inputs, encode_prefix, gene
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 UPN_SUBDIR = "upn"
-DESCRIBE_LEVELS = tuple(templates.REGION)
+DESCRIBE_LEVELS = tuple(prompt_templates.REGION)
 # A sanity bound on one answer's length: the longest trained answers (grounded captions of
 # crowded scenes) are a few hundred tokens; more is a runaway loop or a typo.
 MAX_NEW_TOKENS = 2048
@@ -147,7 +147,7 @@ class ChatRexPredictor:
         the object projector whatever the dtype, as in the official code.
 
         A folder in the released models' own layout (RexSeek-3B, ChatRex-7B) is recognised and
-        converted in memory (:mod:`chatrex.official.convert`); ``chatrex convert official``
+        converted in memory (:mod:`chatrex.convert.official`); ``chatrex convert official``
         writes the converted folder once instead."""
         device, dtype = resolve_device_dtype(device, torch_dtype)
         path = resolve_model_path(name_or_path)
@@ -155,7 +155,7 @@ class ChatRexPredictor:
         from .official.layout import is_official_folder
 
         if is_official_folder(path):
-            from .official.convert import load_official
+            from .convert.official import load_official
 
             model, processor = load_official(path, dtype=dtype, device=device)
         else:
@@ -328,7 +328,7 @@ class ChatRexPredictor:
         return self._run(self._prompt(question, num_boxes, max_new_tokens, history), object_features)
 
     @property
-    def prompts(self) -> templates.PromptSet:
+    def prompts(self) -> prompt_templates.PromptSet:
         """The task prompts and answer rules of this model's family."""
         return self.processor.prompts
 

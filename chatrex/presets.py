@@ -54,7 +54,7 @@ OFFICIAL_NUMERICS = dict(
 def rexseek_3b() -> ChatRexConfig:
     """The released RexSeek-3B: Qwen2.5-3B-Instruct with the 104 official tokens (vocabulary
     151,665 + 104 = 151,769, tied embeddings) and the official numerics. The placeholders'
-    ids lie past the vocabulary (``chatrex.official.convert``)."""
+    ids lie past the vocabulary (``chatrex.convert.official``)."""
     return ChatRexConfig(
         **_released_vision(),
         text_config=Qwen2Config(
@@ -126,7 +126,7 @@ def chatrex_tiny_scratch() -> ChatRexConfig:
     channels) at 384 px both end on a 12x12 grid (144 visual tokens); Qwen2 with 4 layers at
     width 256.
     Box indices come from the pointer head, and ``<objK>`` tokens in the text carry box K's
-    feature (:mod:`chatrex.object_pointer`): a 4-layer LLM trained from scratch does not learn
+    feature (:mod:`chatrex.layers.object_pointer`): a 4-layer LLM trained from scratch does not learn
     to retrieve indices by attention (MODEL_CARD.md)."""
     return ChatRexConfig(
         vision_low_config=CLIPVisionConfig(

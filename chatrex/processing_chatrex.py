@@ -16,10 +16,10 @@ from typing import Sequence
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
-from .chat_template import CHATML_TEMPLATE, normalize_messages
-from .image_processing import ChatRexImageProcessor, ImageMeta, to_rgb_image
-from .special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
-from .templates import prompt_set
+from .text.chat_template import CHATML_TEMPLATE, normalize_messages
+from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta, to_rgb_image
+from .text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
+from .text.prompts import prompt_set
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100
@@ -35,7 +35,7 @@ class ChatRexProcessor:
         image_processor: resizing/normalisation settings.
         num_image_tokens: visual tokens per image (grid², 576 for the full-size model).
         prompt_style: the task prompts and answer rules of the model family
-            (:data:`chatrex.templates.PROMPT_SETS`): ``"chatrex"`` for this project's models,
+            (:data:`chatrex.text.prompts.PROMPT_SETS`): ``"chatrex"`` for this project's models,
             ``"official"`` for the released ones.
         proposals: UPN settings for this model's box lists (``prompt_type``, ``min_score``,
             ``nms_iou``); ``None`` leaves the predictor's defaults.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .answer import GroundedSpan, ParsedAnswer
+from .text.answer import GroundedSpan, ParsedAnswer
 
 
 @dataclass

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 
 def records_to_coco(records_path: str) -> dict[str, dict]:

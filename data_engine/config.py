@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chatrex.yaml_config import from_dict, load_yaml_with_overrides
+from chatrex.utils.yaml_config import from_dict, load_yaml_with_overrides
 
 STAGE_NAMES = ("filter", "caption", "phrases", "grounding", "region_caption", "verify")
 BACKEND_KINDS = {

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 from data_engine.coco import _write_atomic
 
 CATEGORY_ID_STEP = 10

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import traceback
 
-from chatrex.special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
+from chatrex.text.special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
 
 from .backends.registry import build_backend
 from .config import EngineConfig

@@ -24,7 +24,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 DEFAULT_BATCH_SIZE = {"cpu": 1, "accelerator": 8}
 """``--batch-size`` when not given. On CPU a batch buys no clear speed-up (upn-tiny on 2 cores:
@@ -77,7 +77,7 @@ def predict_grouped(predictor, images: list, batch_size: int, on_batch=None, **p
 
 def _load(root: str, rec, line: int, path: str):
     """The record's image, or ``RecordError`` naming the record (line, id) and the image."""
-    from chatrex.image_processing import load_image
+    from chatrex.image_processing_chatrex import load_image
 
     where = f"{path}:{line}" + (f" (id {rec['id']!r})" if isinstance(rec, dict) and "id" in rec else "")
     if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):

@@ -24,7 +24,7 @@ import sys
 import torch
 from torchvision.ops import box_iou
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 from .runners.output import list_shards, manifest_path
 from .synthetic.expressions import Unparseable, resolve

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from chatrex.image_processing import load_image
+from chatrex.image_processing_chatrex import load_image
 
 
 @dataclass

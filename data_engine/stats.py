@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 from .runners.output import list_shards, manifest_path
 

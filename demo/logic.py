@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chatrex import templates
-from chatrex.image_processing import load_image, to_rgb_image
+from chatrex.text import prompts
+from chatrex.image_processing_chatrex import load_image, to_rgb_image
 from chatrex.predictor import InputTooLongError
 from chatrex.visualize import PALETTE, draw_boxes, text_color_for
 
@@ -270,8 +270,8 @@ class DemoLogic:
 
     @_friendly
     def describe(self, image, index, level: str = "description") -> Reply:
-        if level not in templates.REGION:
-            return message(f"Describe as one of {', '.join(templates.REGION)}.")
+        if level not in prompts.REGION:
+            return message(f"Describe as one of {', '.join(prompts.REGION)}.")
         rgb, notice = prepare_image(image)
         if rgb is None:
             return message(notice)

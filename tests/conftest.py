@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
-from chatrex.tokenizer_training import train_bpe_tokenizer
+from chatrex.text.tokenizer_training import train_bpe_tokenizer
 
 CORPUS = [
     "find the red car",

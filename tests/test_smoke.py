@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENE = os.path.join(ROOT, "examples", "scene1.png")
 
 
-@pytest.mark.parametrize("module", ["chatrex", "chatrex.cli", "chatrex.evaluation.runner", "upn", "train.chatrex", "train.trainer",
+@pytest.mark.parametrize("module", ["chatrex", "chatrex.cli.main", "chatrex.evaluation.runner", "upn", "train.chatrex", "train.trainer",
                                     "data_engine.cli", "data_engine.runners.local", "demo.app", "demo.logic"])
 def test_imports(module):
     importlib.import_module(module)

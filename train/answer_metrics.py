@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from chatrex.object_pointer import object_index_of
+from chatrex.layers.object_pointer import object_index_of
 
 
 def index_accuracy(logits: torch.Tensor, labels: torch.Tensor, object_token_ids: list[int] | None) -> float | None:

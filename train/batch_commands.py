@@ -37,7 +37,7 @@ def parse_command(line: str) -> tuple[str, list[str]]:
 def _run(target: str, args: list[str]) -> int:
     """The command's exit status (in the forked child)."""
     if target == "chatrex":
-        from chatrex.cli import main
+        from chatrex.cli.main import main
 
         return int(main(args) or 0)
     sys.argv = [target, *args]
@@ -79,7 +79,7 @@ def run_commands(lines: list[str], jobs: int, logs: str) -> list[tuple[str, int,
     """Run the commands, at most ``jobs`` at a time; ``(command, exit status, log)`` for each."""
     commands = [(line, *parse_command(line)) for line in lines]
     # Import once, before forking: every child starts with the modules loaded.
-    importlib.import_module("chatrex.cli")
+    importlib.import_module("chatrex.cli.main")
     for _, target, _ in commands:
         if target != "chatrex":
             importlib.import_module(target)

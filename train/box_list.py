@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from chatrex.image_processing import validate_boxes
+from chatrex.image_processing_chatrex import validate_boxes
 
 
 @dataclass

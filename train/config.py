@@ -17,7 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from chatrex.yaml_config import from_dict, load_yaml_with_overrides
+from chatrex.utils.yaml_config import from_dict, load_yaml_with_overrides
 
 from .mixture import DataSource, parse_sources
 

@@ -8,7 +8,7 @@ Bad records (missing or corrupt image, boxes outside the image, answer index bey
 list) are skipped: the next record is used instead and the skip is reported with the sample,
 so batches never shrink and every process takes the same number of steps. Only
 :class:`~train.tasks.BadSample` and I/O errors mean "bad record": any other exception is a bug
-(or a malformed JSONL line, :class:`chatrex.jsonl.MalformedJsonlError`) and stops the run.
+(or a malformed JSONL line, :class:`chatrex.utils.jsonl.MalformedJsonlError`) and stops the run.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chatrex.coordinates import to_coordinate_conversation
-from chatrex.image_processing import load_image
+from chatrex.text.coordinates import to_coordinate_conversation
+from chatrex.image_processing_chatrex import load_image
 
 from .box_list import build_box_list, record_gt_boxes, record_proposals
 from .record_view import is_text_only, outside_crowd, without_crowd
@@ -77,7 +77,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
         turns_per_sample: draw this many tasks for the record and join their turns into one
             multi-turn conversation over the same image and box list.
         answer_format: ``"indices"`` (ChatRex) or ``"coordinates"``: the coordinate-output
-            baseline (:mod:`chatrex.coordinates`). The same samples are drawn, then box
+            baseline (:mod:`chatrex.text.coordinates`). The same samples are drawn, then box
             indices are rewritten as quantised coordinates and the prompt gets no box tokens.
         feature_cache: a :class:`train.feature_cache.FeatureCache` of these records: samples
             then carry the cached encoder outputs instead of the image (the same box lists and

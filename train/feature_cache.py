@@ -41,8 +41,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from chatrex.image_processing import load_image
-from chatrex.jsonl import JsonlRecords
+from chatrex.image_processing_chatrex import load_image
+from chatrex.utils.jsonl import JsonlRecords
 
 from .box_list import record_gt_boxes, record_proposals
 
@@ -239,7 +239,7 @@ class FeatureCache:
 
 class ConcatFeatureCache:
     """Several caches read as one, in the order of their record files (as
-    :class:`chatrex.jsonl.JsonlRecords` concatenates the files)."""
+    :class:`chatrex.utils.jsonl.JsonlRecords` concatenates the files)."""
 
     def __init__(self, caches: list[FeatureCache]):
         if not caches:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 # Training runs before both evaluations: the predictor works under torch.inference_mode, and
-# chatrex.object_pointer caches small index tensors across calls (functools.lru_cache), which a
+# chatrex.layers.object_pointer caches small index tensors across calls (functools.lru_cache), which a
 # later training step in the same process would then use under autograd and fail on.
 STEPS = ("data", "proposals", "train", "before", "after")
 CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_tiny.yaml"

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from chatrex.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
+from chatrex.text.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
 
-from chatrex import templates
+from chatrex.text import prompts
 
 TASKS = ("detection", "region", "grounded_caption", "caption", "conversation")
 
@@ -132,16 +132,16 @@ def build_detection(record: dict, region_to_index: list[int | None], rng: np.ran
         q = _pick(rng, negatives) if rng.random() < NEGATIVE_SHARE else _pick(rng, positives)
     else:
         q = _pick(rng, queries)
-    kind = q.get("type", "phrase") if q.get("type") in templates.DETECTION else "phrase"
+    kind = q.get("type", "phrase") if q.get("type") in prompts.DETECTION else "phrase"
     targets = [region_to_index[int(t)] for t in q.get("targets") or []]
-    question = _pick(rng, templates.DETECTION[kind]).format(phrase=q["text"])
+    question = _pick(rng, prompts.DETECTION[kind]).format(phrase=q["text"])
     return [{"role": "user", "content": question}, {"role": "assistant", "content": grounded_answer(q["text"], targets)}]
 
 
 def build_region(record: dict, region_to_index: list[int | None], rng: np.random.Generator) -> list[dict] | None:
     regions = record.get("regions") or []
     candidates = [
-        (i, field) for i, r in enumerate(regions) if region_to_index[i] is not None for field in templates.REGION if r.get(field)
+        (i, field) for i, r in enumerate(regions) if region_to_index[i] is not None for field in prompts.REGION if r.get(field)
     ]
     if not candidates:
         return None
@@ -150,7 +150,7 @@ def build_region(record: dict, region_to_index: list[int | None], rng: np.random
     if coarse and fine:
         candidates = coarse if rng.random() < COARSE_REGION_SHARE else fine
     i, field = candidates[int(rng.integers(len(candidates)))]
-    question = _pick(rng, templates.REGION[field]).format(obj=f"<obj{region_to_index[i]}>")
+    question = _pick(rng, prompts.REGION[field]).format(obj=f"<obj{region_to_index[i]}>")
     return [{"role": "user", "content": question}, {"role": "assistant", "content": str(regions[i][field])}]
 
 
@@ -158,13 +158,13 @@ def build_grounded_caption(record: dict, region_to_index: list[int | None], rng:
     if not record.get("grounded_caption"):
         return None
     answer = remap_indices(record["grounded_caption"], region_to_index)
-    return [{"role": "user", "content": _pick(rng, templates.GROUNDED_CAPTION)}, {"role": "assistant", "content": answer}]
+    return [{"role": "user", "content": _pick(rng, prompts.GROUNDED_CAPTION)}, {"role": "assistant", "content": answer}]
 
 
 def build_caption(record: dict, region_to_index: list[int | None], rng: np.random.Generator) -> list[dict] | None:
     if not record.get("caption"):
         return None
-    return [{"role": "user", "content": _pick(rng, templates.CAPTION)}, {"role": "assistant", "content": record["caption"]}]
+    return [{"role": "user", "content": _pick(rng, prompts.CAPTION)}, {"role": "assistant", "content": record["caption"]}]
 
 
 def build_conversation(record: dict, region_to_index: list[int | None], rng: np.random.Generator) -> list[dict] | None:

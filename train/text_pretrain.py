@@ -35,7 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .answer_metrics import index_accuracy
 from .checkpointing import save_pretrained_atomic
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from .tasks import build_detection, build_region
 
 IGNORE = -100

@@ -14,10 +14,10 @@ import re
 import sys
 from typing import Iterator
 
-from chatrex.tokenizer_training import train_bpe_tokenizer
+from chatrex.text.tokenizer_training import train_bpe_tokenizer
 
-from chatrex import templates
-from chatrex.jsonl import JsonlRecords
+from chatrex.text import prompts
+from chatrex.utils.jsonl import JsonlRecords
 
 _MARKUP = re.compile(r"</?ground>|</?objects>|<obj\d+>")
 
@@ -39,10 +39,10 @@ def record_texts(records: JsonlRecords) -> Iterator[str]:
 
 
 def template_texts() -> Iterator[str]:
-    for group in (templates.DETECTION, templates.REGION):
+    for group in (prompts.DETECTION, prompts.REGION):
         for phrasings in group.values():
             yield from (p.replace("{phrase}", "").replace("{obj}", "") for p in phrasings)
-    yield from templates.GROUNDED_CAPTION + templates.CAPTION
+    yield from prompts.GROUNDED_CAPTION + prompts.CAPTION
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from .library_messages import name_cpu_accelerator_for_deepspeed, tied_parameter
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
-from chatrex.jsonl import JsonlRecords, read_jsonl
+from chatrex.utils.jsonl import JsonlRecords, read_jsonl
 
 from .model_loading import load_model_and_processor, upn_folder
 from .stages import apply_stage, build_param_groups, format_counts, param_count

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from chatrex.datasets.leakage import dataset_name, heldout_image_ids, is_leaked, leakage_summary
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 
 from .config import TrainConfig
 from .dataset import ChatRexDataset, EpochSampler

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .checkpointing import save_pretrained_atomic
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 
 ATTRIBUTES = ("color", "size", "pattern")
 IGNORE = -100

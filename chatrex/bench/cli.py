@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from ..cli import _one_line, _output_policy
+from ..cli.main import _one_line, _output_policy
 from . import detection, rec, runner
 from .protocol import CATEGORY_MODES, PROMPT_MODES, PROPOSAL_PROMPTS, DetectionProtocol, ProposalProtocol, RecProtocol, describe
 from .runner import BenchError

@@ -81,7 +81,7 @@ def check_images(paths) -> None:
 
 
 def _load_image(path: str):
-    from ..image_processing import load_image
+    from ..image_processing_chatrex import load_image
 
     return load_image(path)
 

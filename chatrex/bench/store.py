@@ -14,7 +14,7 @@ import glob
 import json
 import os
 
-from ..jsonl import cut_torn_tail, read_jsonl
+from ..utils.jsonl import cut_torn_tail, read_jsonl
 
 PARTS = "parts"
 

@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from ..cli import _one_line
+from ..cli.main import _one_line
 from . import leakage
 
 PROG = "chatrex data"

@@ -32,7 +32,7 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 from .sink import sidecar_path
 

@@ -29,7 +29,7 @@ class EvalTable:
 
 
 def _records(data_dir: str, limit: int | None):
-    from ..jsonl import JsonlRecords  # the same lazy reader training uses
+    from ..utils.jsonl import JsonlRecords  # the same lazy reader training uses
 
     path = records_file(data_dir)
     if not os.path.isfile(path):
@@ -42,7 +42,7 @@ def _records(data_dir: str, limit: int | None):
 
 
 def _image(path: str):
-    from chatrex.image_processing import load_image  # the same conversion training uses
+    from chatrex.image_processing_chatrex import load_image  # the same conversion training uses
 
     return load_image(path)
 

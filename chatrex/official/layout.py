@@ -1,7 +1,7 @@
 """Recognising a folder in the released models' layout, without the conversion machinery.
 
 ``ChatRexPredictor.from_pretrained`` and :func:`chatrex.hub.resolve_model` ask this of every
-folder they load, so it reads JSON only: :mod:`chatrex.official.convert` imports torch,
+folder they load, so it reads JSON only: :mod:`chatrex.convert.official` imports torch,
 transformers' CLIP/LLM classes and the model, which a folder in our own layout never needs.
 """
 
@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-# The official ConvNeXt's keys (``(?:model\.)?``: the LLaVA-style nesting, see chatrex.official.convert).
+# The official ConvNeXt's keys (``(?:model\.)?``: the LLaVA-style nesting, see chatrex.convert.official).
 CONVNEXT_KEY = re.compile(r"(?:model\.)?vision_tower_aux\.vision_(stem|stages)\.(.+)")
 
 

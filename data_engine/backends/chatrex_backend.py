@@ -14,7 +14,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from chatrex import templates
+from chatrex.text import prompts
 
 from .base import GroundedBox, RegionText
 from .rules import singular
@@ -40,7 +40,7 @@ class ChatRexBackend:
 
     def __init__(self, model: str = "chatrex-tiny", device: str = "cpu", caption_prompt: str | None = None, max_new_tokens: int = 96):
         self.model, self.device = model, device
-        self.caption_prompt = caption_prompt or templates.GROUNDED_CAPTION[0]
+        self.caption_prompt = caption_prompt or prompts.GROUNDED_CAPTION[0]
         self.max_new_tokens = max_new_tokens
 
     @property

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torchvision.ops import box_iou
 
-from chatrex.image_processing import load_image
-from chatrex.jsonl import read_jsonl
+from chatrex.image_processing_chatrex import load_image
+from chatrex.utils.jsonl import read_jsonl
 
 from .base import GroundedBox, RegionText
 from .rules import COLOURS, singular

@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from chatrex.jsonl import read_jsonl
+from chatrex.utils.jsonl import read_jsonl
 
 _SHARD = re.compile(r"^records-(\d{5,})\.jsonl$")
 

@@ -62,7 +62,7 @@ class StageWorker:
     """
 
     def __init__(self, config: dict, stage_names: list[str], threads: int | None = None):
-        from chatrex.yaml_config import from_dict
+        from chatrex.utils.yaml_config import from_dict
 
         if threads is not None:  # an actor: its own process, so the setting stays with it
             import torch

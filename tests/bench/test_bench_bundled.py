@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chatrex.cli import main
+from chatrex.cli.main import main
 
 from .test_detection_protocol import timeless
 

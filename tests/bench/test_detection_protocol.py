@@ -12,7 +12,7 @@ from PIL import Image
 from chatrex.bench import detection, runner
 from chatrex.bench.answerer import sort_proposals
 from chatrex.bench.protocol import DetectionProtocol, ProposalProtocol, describe
-from chatrex.templates import PromptSet
+from chatrex.text.prompts import PromptSet
 
 PROMPTS = PromptSet(name="fake", detection={"category": "Please detect {phrase} in this image.", "referring": "Please detect {phrase} in this image."})
 
@@ -281,7 +281,7 @@ def test_a_longer_limit_reuses_the_predictions_of_a_shorter_one(coco, tmp_path):
                                                   ("--nms", "2", "--nms must be an IoU in (0, 1] or none"),
                                                   ("--min-score", "-1", "--min-score must be in [0, 1]")])
 def test_bad_knobs_are_named_by_their_flags(coco, tmp_path, capsys, flag, value, message):
-    from chatrex.cli import main
+    from chatrex.cli.main import main
 
     ann, images = coco
     assert main(["bench", "coco", "--ann", ann, "--images", images, "--out", str(tmp_path / "o"), flag, value]) == 2

@@ -70,7 +70,7 @@ def test_sentences_of_one_image_are_one_group():
 
 
 def test_all_splits_checks_every_file_before_the_first_split(mdetr, tmp_path, capsys):
-    from chatrex.cli import main
+    from chatrex.cli.main import main
 
     src, images = mdetr  # a folder with finetune_refcoco_val.json only
     folder = str(tmp_path)

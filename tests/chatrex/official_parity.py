@@ -5,7 +5,7 @@ from IDEA-Research/RexSeek f5c1169: a tiny Qwen2 LLM (vocabulary 151,769), a 2-l
 CLIP-L/14-336 and the full ConvNeXt-L, every tensor generated from its key name
 (chatrex/official/synthetic.py), fed gradio's cheetah.jpg, three boxes and a detection
 question. Here the same tensors are regenerated from ``keys.json``, written as an official
-folder, converted by ``chatrex.official.convert`` and run through our processor and model.
+folder, converted by ``chatrex.convert.official`` and run through our processor and model.
 
     python -m tests.chatrex.official_parity     # prints the max abs differences
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chatrex.official.convert import load_official
+from chatrex.convert.official import load_official
 from chatrex.official.synthetic import write_official_folder, write_rexseek_tokenizer
 
 from ..upn.official_parity import photo  # the same real photo (gradio's cheetah.jpg) as the UPN fixture

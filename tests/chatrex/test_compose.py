@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPConfig, CLIPModel, Qwen2Config, Qwen2ForCausalLM
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexPredictor, get_preset_config
-from chatrex.cli import main as cli_main
-from chatrex.convert_compose import INFO_NAME, compose_model, map_clip_vision, read_checkpoint
-from chatrex.convnext_timm import OPEN_CLIP_PREFIX, hf_to_timm, timm_to_hf
+from chatrex.cli.main import main as cli_main
+from chatrex.convert.compose import INFO_NAME, compose_model, map_clip_vision, read_checkpoint
+from chatrex.convert.convnext_timm import OPEN_CLIP_PREFIX, hf_to_timm, timm_to_hf
 
 from ..conftest import CORPUS
 from ..train.conftest import make_records, tiny_config
@@ -55,8 +55,8 @@ def _plain_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from chatrex.chat_template import CHATML_TEMPLATE
-    from chatrex.tokenizer_training import CHATML_TOKENS
+    from chatrex.text.chat_template import CHATML_TEMPLATE
+    from chatrex.text.tokenizer_training import CHATML_TOKENS
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

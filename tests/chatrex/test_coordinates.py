@@ -1,6 +1,6 @@
 """Coordinate answers (the baseline format): hand-computed quantisation and parsing."""
 
-from chatrex.coordinates import dequantize, parse_coordinate_answer, quantize, to_coordinate_conversation
+from chatrex.text.coordinates import dequantize, parse_coordinate_answer, quantize, to_coordinate_conversation
 
 
 def test_quantize_and_dequantize_hand_cases():

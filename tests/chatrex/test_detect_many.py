@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chatrex.cli import main
+from chatrex.cli.main import main
 from chatrex.detect_many import DetectInput, pending, read_inputs
 
 N_IMAGES = 24  # three batches of 8: the acceptance run of 50 is in the #23 note
@@ -63,7 +63,7 @@ def _check_complete(lines, root):
 
 def test_killed_run_resumes_without_loss_or_duplicates(model_dir, image_dir, tmp_path):
     out = tmp_path / "results.jsonl"
-    cmd = [sys.executable, "-m", "chatrex.cli", "detect", "--model", str(model_dir), "--inputs", str(image_dir / "queries.jsonl"),
+    cmd = [sys.executable, "-m", "chatrex.cli.main", "detect", "--model", str(model_dir), "--inputs", str(image_dir / "queries.jsonl"),
            "--output", str(out), "--batch-size", "8", "--max-new-tokens", "4"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

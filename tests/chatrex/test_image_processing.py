@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from chatrex.image_processing import ChatRexImageProcessor, ImageMeta, to_rgb_image
+from chatrex.image_processing_chatrex import ChatRexImageProcessor, ImageMeta, to_rgb_image
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ def _modules_after(code: str) -> set[str]:
     return set(out.split())
 
 
-# What `chatrex detect` imports: the CLI, then (chatrex/cli.py, ChatRexPredictor.from_pretrained)
+# What `chatrex detect` imports: the CLI, then (chatrex/cli/main.py, ChatRexPredictor.from_pretrained)
 # the predictor, the hub resolver, the released-layout check, the UPN and, with --out, the drawing.
 DETECT_PATH_IMPORTS = (
-    "from chatrex.cli import build_parser\n"
+    "from chatrex.cli.main import build_parser\n"
     "build_parser()\n"
-    "import chatrex.predictor, chatrex.hub, chatrex.image_processing, chatrex.visualize, chatrex.official.layout, chatrex.official.convert\n"
+    "import chatrex.predictor, chatrex.hub, chatrex.image_processing_chatrex, chatrex.visualize, chatrex.official.layout, chatrex.convert.official\n"
     "from chatrex.predictor import ChatRexPredictor\n"
     "from upn import UPNPredictor\n"
 )
@@ -30,7 +30,7 @@ NOT_FOR_INFERENCE = {"deepspeed", "gradio", "gradio_client", "ray", "pandas", "p
 
 
 def test_importing_the_package_and_building_the_cli_parser_loads_no_torch():
-    loaded = _modules_after("import chatrex, chatrex.evaluation\nfrom chatrex.cli import build_parser\nbuild_parser()")
+    loaded = _modules_after("import chatrex, chatrex.evaluation\nfrom chatrex.cli.main import build_parser\nbuild_parser()")
     assert not {"torch", "transformers"} & loaded
 
 
@@ -39,7 +39,7 @@ def test_public_names_still_resolve_and_register_the_auto_classes():
         "import chatrex\n"
         "from transformers import AutoConfig\n"
         "assert chatrex.ChatRexPredictor.__name__ == 'ChatRexPredictor'\n"
-        "assert chatrex.parse_answer is chatrex.answer.parse_answer\n"
+        "assert chatrex.parse_answer is chatrex.text.answer.parse_answer\n"
         "assert type(AutoConfig.for_model('chatrex')).__name__ == 'ChatRexConfig'\n"
         "from chatrex import ChatRexForConditionalGeneration, ChatRexConfig\n"
         "from transformers import AutoModelForCausalLM\n"

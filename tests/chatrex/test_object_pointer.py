@@ -1,4 +1,4 @@
-"""The pointer head and reference features (chatrex/object_pointer.py)."""
+"""The pointer head and reference features (chatrex/layers/object_pointer.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
-from chatrex.object_pointer import gather_references, object_index_of, pad_object_features
+from chatrex.layers.object_pointer import gather_references, object_index_of, pad_object_features
 
 from ..conftest import assert_batched_generation_matches_single
 
@@ -196,7 +196,7 @@ def test_presets():
 def test_index_tables_cached_during_prediction_can_be_used_in_training():
     # The lookup tables are cached across calls; built under inference mode they would be
     # inference tensors, which autograd refuses to save (training after an evaluation).
-    from chatrex.object_pointer import _id_tables, object_index_of
+    from chatrex.layers.object_pointer import _id_tables, object_index_of
 
     _id_tables.cache_clear()
     ids = [900, 700, 800]

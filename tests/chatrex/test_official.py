@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, CLIPVisionConfig, ConvNextConfig, LlamaConfig, Qwen2Config
 
 from chatrex import ChatRexConfig, ChatRexForConditionalGeneration, ChatRexPredictor, get_preset_config
-from chatrex.answer import parse_answer
-from chatrex.cli import main as cli_main
-from chatrex.official.convert import is_official_folder, load_official, to_official_state
+from chatrex.text.answer import parse_answer
+from chatrex.cli.main import main as cli_main
+from chatrex.convert.official import is_official_folder, load_official, to_official_state
 from chatrex.official.synthetic import OFFICIAL_ADDED_TOKENS, write_rexseek_tokenizer
 from chatrex.predictor import BUNDLED_DIR
 from chatrex.presets import OFFICIAL_NUMERICS

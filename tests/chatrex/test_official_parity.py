@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from chatrex.cli import main as chatrex_main
-from chatrex.official.convert import is_official_folder, load_official
+from chatrex.cli.main import main as chatrex_main
+from chatrex.convert.official import is_official_folder, load_official
 
 from .official_parity import compare, load_fixture, photo, write_fixture_folder
 

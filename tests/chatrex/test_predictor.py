@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from chatrex.cli import main
+from chatrex.cli.main import main
 from chatrex.predictor import Answer, ChatRexPredictor, Detection, resolve_model_path
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexPredictor, InputTooLongError
-from chatrex.cli import main
+from chatrex.cli.main import main
 from chatrex.predictor import MAX_NEW_TOKENS
 
 LONG_PHRASE = " ".join(["red car"] * 2500)  # 5,000 words
@@ -134,7 +134,7 @@ def test_predictor_is_public_api():
 
 
 def test_a_folder_given_as_an_image_says_so(tmp_path, capsys):
-    from chatrex.cli import main
+    from chatrex.cli.main import main
 
     assert main(["detect", str(tmp_path), "car"]) == 2
     err = capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer
 
-from chatrex.special_tokens import SPECIAL_TOKENS, add_special_tokens
+from chatrex.text.special_tokens import SPECIAL_TOKENS, add_special_tokens
 
 
 def test_real_qwen_tokenizer_gets_consecutive_ids(qwen_tokenizer_dir):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
-from chatrex.token_compression import AvgPool2x2, BipartiteMerge, UnshuffleMLP
+from chatrex.layers.token_compression import AvgPool2x2, BipartiteMerge, UnshuffleMLP
 from train.stages import apply_stage, build_param_groups
 
 

@@ -85,7 +85,7 @@ def test_huge_image_is_downscaled_with_notice(tmp_path):
 
 
 def test_ask_returns_annotated_image_and_spans(logic, monkeypatch):
-    from chatrex.answer import parse_answer
+    from chatrex.text.answer import parse_answer
 
     def fake_ask(question, history=None):
         parsed = parse_answer("I see <ground>a boat</ground><objects><obj0></objects> and <ground>trees</ground><objects><obj1><obj2></objects>.", logic.predictor.boxes.tolist())

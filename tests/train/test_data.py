@@ -7,7 +7,7 @@ import pytest
 
 from train.box_list import build_box_list
 from train.dataset import ChatRexDataset, EpochSampler
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.tasks import BadSample, grounded_answer, remap_indices
 
 
@@ -136,7 +136,7 @@ def test_every_answer_of_a_multi_turn_sample_is_supervised(records_path, tiny_to
 
 
 def test_coordinate_format_rewrites_the_same_sample(records_path):
-    from chatrex.coordinates import parse_coordinate_answer, quantize
+    from chatrex.text.coordinates import parse_coordinate_answer, quantize
 
     recs = JsonlRecords(records_path)
     weights = {"detection": 1.0, "region": 1.0, "grounded_caption": 1.0}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.diagnostics.error_causes import detection_counts, instance_bin, named_attributes, referring_cause, referring_form, referring_table
 from train.diagnostics.feature_probes import probe
 from train.diagnostics.oracle_features import OracleFeatureCache, OracleFeatures
@@ -178,7 +178,7 @@ def test_oracle_run_trains_exports_and_predicts_with_oracle_tokens(tmp_path, tin
     folder, and the oracle predictor's box tokens: the projected oracle codes."""
     from safetensors.torch import load_file
 
-    from chatrex.image_processing import load_image
+    from chatrex.image_processing_chatrex import load_image
     from train.diagnostics.learning_curve import export_checkpoint
     from train.diagnostics.oracle_features import OracleFeaturePredictor
     from train.trainer import train

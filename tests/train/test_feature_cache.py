@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.dataset import ChatRexCollator, ChatRexDataset
 from train.feature_cache import FeatureCache, build_cache, vision_digest
 from train.model_loading import load_model_and_processor

@@ -16,7 +16,7 @@ from accelerate.data_loader import BatchSamplerShard
 from chatrex.datasets.cli import main as data_cli
 from chatrex.datasets.leakage import (coco_id_from_path, coco_image_id, filter_records, heldout_image_ids,
                                       leakage_summary)
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from tests.datasets import tiny_sources as tiny
 from train.dataset import ChatRexCollator, ChatRexDataset, EpochSampler
 from train.mixture import MixtureDataset, MixturePlan, parse_sources
@@ -302,7 +302,7 @@ def test_heldout_ids_and_filtering_per_dataset(imported):
 
 
 def _cli(argv):
-    from chatrex.cli import main
+    from chatrex.cli.main import main
 
     return main(["data", *argv])  # the command as registered in `chatrex data`
 

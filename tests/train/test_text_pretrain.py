@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.text_pretrain import build_sample, main, slot_features
 
 from ..conftest import build_tiny

@@ -11,7 +11,7 @@ from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor
 from train.checkpointing import latest_checkpoint, list_checkpoints
 from train.dataset import ChatRexCollator, ChatRexDataset
 from train.model_loading import load_model_and_processor
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.trainer import train
 
 from .conftest import tiny_config

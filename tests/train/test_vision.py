@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatrex import ChatRexForConditionalGeneration
-from chatrex.jsonl import JsonlRecords
+from chatrex.utils.jsonl import JsonlRecords
 from train.vision import LabelSpace, _patch_labels, main, preservation_loss
 
 

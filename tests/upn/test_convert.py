@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from chatrex.cli import main as chatrex_main
+from chatrex.cli.main import main as chatrex_main
 from upn import UPNModel, UPNPredictor, get_config
 from upn.convert import (expected_state_shapes, infer_config, key_rules, main as convert_main, official_to_ours,
                          ours_to_official)

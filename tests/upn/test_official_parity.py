@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatrex.cli import main as chatrex_main
+from chatrex.cli.main import main as chatrex_main
 
 from .official_parity import PROMPTS, build_converted, compare, load_fixture, official_key_shapes_match, photo
 

@@ -65,7 +65,7 @@ def record_features(model, processor, image, boxes) -> dict[str, torch.Tensor]:
 
 def collect(model, processor, records, reductions=REDUCTIONS, progress: bool = True):
     """``({reduction: (N, D)}, [labels per object])`` over the whole objects of ``records``."""
-    from chatrex.image_processing import load_image
+    from chatrex.image_processing_chatrex import load_image
 
     feats: dict[str, list[torch.Tensor]] = {r: [] for r in reductions}
     labels: list[dict] = []
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         if not os.path.isfile(records_file(path)):
             p.error(missing_records_message(path, eval_command=False))
     args.train, args.test = records_file(args.train), records_file(args.test)
-    from chatrex.jsonl import JsonlRecords
+    from chatrex.utils.jsonl import JsonlRecords
 
     from ..model_loading import load_model_and_processor
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from chatrex.object_encoder import box_sine_embedding
+from chatrex.layers.object_encoder import box_sine_embedding
 from chatrex.predictor import ChatRexPredictor
 
 FIELDS = ("category", "color", "pattern", "size", "granularity")
@@ -118,7 +118,7 @@ class OracleFeaturePredictor(ChatRexPredictor):
     :meth:`use_records` (images are recognised by their pixels)."""
 
     def use_records(self, records: list[dict], parent: bool = False) -> None:
-        from chatrex.image_processing import load_image, to_rgb_image
+        from chatrex.image_processing_chatrex import load_image, to_rgb_image
 
         self.oracle = OracleFeatures(self.model.config, self.processor.image_processor, parent=parent)
         self._by_pixels = {hashlib.sha1(to_rgb_image(load_image(r["image"])).tobytes()).hexdigest(): r for r in records}

@@ -38,7 +38,7 @@ if step text runs/chatrex-tiny/text_lookup/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \
       --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text_lookup
 fi
-# The pointer head (chatrex/object_pointer.py) was added after the text run above; it continues
+# The pointer head (chatrex/layers/object_pointer.py) was added after the text run above; it continues
 # that run with the head on and fewer one-hop lookup turns.
 if step pointer runs/chatrex-tiny/text_pointer/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/text_lookup/final --records data/synth/train/records.jsonl \

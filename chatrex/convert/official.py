@@ -14,7 +14,7 @@ official key                              ours
 ``lm_head.weight`` (absent when tied)     ``lm_head.weight``
 ``vision_tower.vision_tower.vision_model.*``  ``model.vision_low.*`` (``CLIPVisionModel``)
 ``vision_tower_aux.vision_stem|stages.*`` ``model.vision_high.*`` (timm names with
-                                          ``ramma`` for ``gamma``; :mod:`chatrex.convnext_timm`)
+                                          ``ramma`` for ``gamma``; :mod:`chatrex.convert.convnext_timm`)
 ``mm_projector.{0,2}.*``                  ``model.mm_projector.{0,2}.*``
 ``mm_object_projector.{0,2}.*``           ``model.mm_object_projector.{0,2}.*``
 ========================================  ==============================================
@@ -50,17 +50,17 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 from transformers.utils import logging as hf_logging
 
-from ..chat_template import resolve_chat_template
+from ..text.chat_template import resolve_chat_template
 from ..configuration_chatrex import ChatRexConfig
-from ..convnext_timm import hf_to_timm, infer_config
-from ..convert_compose import DTYPES, _check_complete, high_resolution_size, map_clip_vision, map_convnext, read_checkpoint, read_folder_weights
-from ..image_processing import ChatRexImageProcessor
+from .convnext_timm import hf_to_timm, infer_config
+from .compose import DTYPES, _check_complete, high_resolution_size, map_clip_vision, map_convnext, read_checkpoint, read_folder_weights
+from ..image_processing_chatrex import ChatRexImageProcessor
 from ..modeling_chatrex import ChatRexForConditionalGeneration
 from ..presets import OFFICIAL_NUMERICS
 from ..processing_chatrex import ChatRexProcessor
-from ..special_tokens import add_special_tokens
-from .layout import CONVNEXT_KEY, is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
-from .synthetic import OFFICIAL_ADDED_TOKENS
+from ..text.special_tokens import add_special_tokens
+from ..official.layout import CONVNEXT_KEY, is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
+from ..official.synthetic import OFFICIAL_ADDED_TOKENS
 
 # Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc). CONVNEXT_KEY
 # lives in .layout with is_official_folder, which the loaders call without importing this module.
@@ -290,7 +290,7 @@ def load_official(path: str | os.PathLike, dtype: torch.dtype | str | None = Non
                   chat_template: str | None = None) -> tuple[ChatRexForConditionalGeneration, ChatRexProcessor]:
     """Convert an official folder in memory: ``(model, processor)``, the model in eval mode on
     ``device`` in ``dtype`` (default: the stored dtype). ``chat_template``: a name from
-    :data:`chatrex.chat_template.CHAT_TEMPLATES` or a ``.jinja`` file; default ChatML for
+    :data:`chatrex.text.chat_template.CHAT_TEMPLATES` or a ``.jinja`` file; default ChatML for
     Qwen (RexSeek's format) and ``xtuner_vicuna`` for Llama/Vicuna (docs/released_weights.md)."""
     path = Path(path)
     official = read_config(path)
@@ -343,7 +343,7 @@ def convert_official(src: str | os.PathLike, out: str | os.PathLike, dtype: str 
 
 
 def run(args: argparse.Namespace) -> int:
-    """``chatrex convert official`` (arguments: ``chatrex.cli_convert._official_arguments``)."""
+    """``chatrex convert official`` (arguments: ``chatrex.cli.convert._official_arguments``)."""
     info = convert_official(args.src, args.dst, dtype=args.dtype, chat_template=args.chat_template)
     print(f"wrote {args.dst}: {info['llm']} LLM, vocab {info['vocab_size']} (<obj0> = {info['obj0_id']}), CLIP {info['clip_layers']} layers, "
           f"ConvNeXt depths {info['convnext_depths']}, {info['dtype']}, chat template {info['chat_template']}")

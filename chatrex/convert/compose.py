@@ -11,7 +11,7 @@ The parts (docs/architecture.md):
   :data:`CLIP_IGNORED` lists what is skipped (text tower, projections, temperature).
 * ``--convnext``: a ConvNeXt checkpoint in the open_clip (``visual.trunk.*``) or timm layout,
   ``.safetensors`` or ``.bin`` (read with ``weights_only=True``). Depths and widths come from
-  the weights; :mod:`chatrex.convnext_timm` holds the key table.
+  the weights; :mod:`chatrex.convert.convnext_timm` holds the key table.
 * ``--llm``: any transformers causal-LM folder with its tokenizer (or ``--tokenizer``).
 
 The high-resolution input side is chosen so that both towers end on the same token grid
@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-from .configuration_chatrex import ChatRexConfig
+from ..configuration_chatrex import ChatRexConfig
 from .convnext_timm import timm_to_hf
-from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexModel
-from .processing_chatrex import ChatRexProcessor
-from .special_tokens import add_special_tokens
-from .strict_loading import check_loading_info
+from ..modeling_chatrex import ChatRexForConditionalGeneration, ChatRexModel
+from ..processing_chatrex import ChatRexProcessor
+from ..text.special_tokens import add_special_tokens
+from ..utils.strict_loading import check_loading_info
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INFO_NAME = "compose_info.json"
@@ -240,7 +240,7 @@ def compose(clip: str | os.PathLike, convnext: str | os.PathLike, llm: str | os.
     return report
 
 
-# -- command line (arguments: chatrex.cli_convert._compose_arguments) ----------------------
+# -- command line (arguments: chatrex.cli.convert._compose_arguments) ----------------------
 def run(args: argparse.Namespace) -> int:
     info = compose(args.clip, args.convnext, args.llm, args.out, tokenizer=args.tokenizer, dtype=args.dtype)
     print(f"wrote {args.out}: vocab {info['vocab_size']} (+{info['added_tokens']} tokens), high-res input {info['high_image_size']} px, "

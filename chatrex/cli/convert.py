@@ -1,7 +1,7 @@
 """``chatrex convert ...``: checkpoint converters, one sub-subcommand each.
 
 ``chatrex convert official SRC_DIR OUT_DIR`` converts a released RexSeek-3B / ChatRex-7B
-folder (``chatrex.official.convert``); ``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
+folder (``chatrex.convert.official``); ``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
 ``upn_large.pth`` to a safetensors folder; ``--to-official`` goes back). To add a
 converter, append a ``Converter`` to ``CONVERTERS``: ``add_arguments(parser)`` declares
 its arguments (keep it import-light so ``chatrex --help`` stays fast) and ``runner``
@@ -25,7 +25,7 @@ def _upn_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _compose_arguments(p: argparse.ArgumentParser) -> None:
-    # The arguments of chatrex.convert_compose.run (declared here: that module imports torch).
+    # The arguments of chatrex.convert.compose.run (declared here: that module imports torch).
     p.add_argument("--clip", required=True, help="transformers CLIP folder (CLIPModel or CLIPVisionModel), e.g. clip-vit-large-patch14-336/")
     p.add_argument("--convnext", required=True, help="ConvNeXt .safetensors/.bin in the open_clip (visual.trunk.*) or timm layout")
     p.add_argument("--llm", required=True, help="transformers causal-LM folder with its tokenizer (Qwen2.5, Llama, ...)")
@@ -36,7 +36,7 @@ def _compose_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _official_arguments(p: argparse.ArgumentParser) -> None:
-    # The arguments of chatrex.official.convert.run (declared here: that module imports torch).
+    # The arguments of chatrex.convert.official.run (declared here: that module imports torch).
     p.add_argument("src", help="folder in the released models' layout: config.json, model.safetensors (or shards + index), tokenizer files")
     p.add_argument("dst", help="output folder (loads with --model, ChatRexPredictor.from_pretrained and train.chatrex)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -56,7 +56,7 @@ CONVNEXT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", 
 def _weights_file(path, label: str):
     """A checkpoint file as it is; in a folder (e.g. a hub snapshot of a LAION ConvNeXt) the
     first of :data:`CONVNEXT_FILES` it holds."""
-    from .hub import NotFoundError
+    from ..hub import NotFoundError
 
     if path.is_file():
         return path
@@ -67,7 +67,7 @@ def _weights_file(path, label: str):
 
 
 def _check_compose(args: argparse.Namespace) -> None:
-    from .hub import resolve_path
+    from ..hub import resolve_path
 
     args.clip = str(resolve_path(args.clip, "--clip ", "a transformers CLIP folder, or a Hugging Face id such as openai/clip-vit-large-patch14-336",
                                  then="pass --clip {dir}"))
@@ -82,14 +82,14 @@ def _check_compose(args: argparse.Namespace) -> None:
 
 
 def _check_official(args: argparse.Namespace) -> None:
-    from .hub import resolve_path
+    from ..hub import resolve_path
 
     args.src = str(resolve_path(args.src, "", "a folder in the released layout, or a Hugging Face id such as IDEA-Research/RexSeek-3B",
                                 then="pass {dir} as SRC"))
 
 
 def _check_upn(args: argparse.Namespace) -> None:
-    from .hub import NotFoundError
+    from ..hub import NotFoundError
 
     if not os.path.exists(args.src):
         raise NotFoundError(f"{args.src} does not exist (" + ("a converted UPN folder)" if args.to_official else "the official upn_large.pth)"))
@@ -109,12 +109,12 @@ CONVERTERS = [
     Converter("upn", "released UPN checkpoint (upn_large.pth) -> safetensors folder for UPNModel/UPNPredictor",
               _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/", _check_upn),
     Converter("compose", "pretrained parts (CLIP, LAION/timm ConvNeXt, a causal LM) -> ChatRex folder, the stage-1 starting point",
-              _compose_arguments, "chatrex.convert_compose:run",
+              _compose_arguments, "chatrex.convert.compose:run",
               "example: chatrex convert compose --clip clip-vit-large-patch14-336/ --convnext open_clip_model.safetensors "
               "--llm Qwen2.5-7B/ --out chatrex-7b-init/  (each part may also be a Hugging Face id, e.g. --llm Qwen/Qwen2.5-7B)",
               _check_compose),
     Converter("official", "released RexSeek-3B / ChatRex-7B folder (official layout) -> ChatRex folder with the official numerics",
-              _official_arguments, "chatrex.official.convert:run",
+              _official_arguments, "chatrex.convert.official:run",
               "example: chatrex convert official RexSeek-3B/ rexseek-3b/ && chatrex detect photo.jpg \"the cup\" --model rexseek-3b/ --upn upn_large.pth  "
               "(SRC may also be a Hugging Face id, e.g. IDEA-Research/RexSeek-3B)", _check_official),
 ]
@@ -134,7 +134,7 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
 
 def _runner(conv: Converter):
     def run(args) -> int:
-        from .cli import UserError
+        from .arguments import UserError
 
         module, function = conv.runner.split(":")
         try:

@@ -83,7 +83,7 @@ class PromptSet:
             objects it names.
         grounded_prefix: put before a free question to ask for a grounded answer ("" when
             the model grounds by default).
-        answer_rules: how :func:`chatrex.answer.parse_answer` reads this family's answers.
+        answer_rules: how :func:`chatrex.text.answer.parse_answer` reads this family's answers.
     """
 
     name: str

@@ -18,124 +18,7 @@ import os
 import sys
 import warnings
 
-DEFAULT_MODEL = "chatrex-tiny"
-
-
-class UserError(Exception):
-    """Bad input from the command line: printed as one line, exit code 2."""
-
-
-def _load_image(path: str):
-    from .image_processing import load_image
-
-    try:
-        return load_image(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(str(err)) from None
-
-
-def _text_argument(value: str, what: str) -> str:
-    if not value.strip():
-        raise UserError(f"{what} is empty")
-    return value.strip()
-
-
-def _read_boxes(path: str | None):
-    """A JSON list of pixel xyxy boxes ``[[x1, y1, x2, y2], ...]`` (the official demos' format),
-    or ``{"boxes": [...]}``; ``None`` without ``--boxes``."""
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read boxes from {path}: {err}") from None
-    boxes = data.get("boxes") if isinstance(data, dict) else data
-    if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes):
-        raise UserError(f"{path}: expected a JSON list of [x1, y1, x2, y2] boxes in pixels")
-    return boxes
-
-
-def _upn_argument(value: str | None) -> str | None:
-    """``--upn``: a path or a bundled name (``upn-tiny``) as given (``UPNPredictor`` resolves
-    those and says what is missing); a Hugging Face id as its cached or downloaded snapshot: the
-    folder when it has config.json, else its one ``.pth`` checkpoint."""
-    from .hub import NotFoundError, looks_like_hub_id, resolve_path
-
-    if value is None or not looks_like_hub_id(value):
-        return value
-    snapshot = resolve_path(value, label="--upn ", then="pass --upn {dir}")
-    if (snapshot / "config.json").is_file():
-        return str(snapshot)
-    checkpoints = sorted(snapshot.glob("*.pth"))
-    if len(checkpoints) != 1:
-        raise NotFoundError(f"--upn {value}: its snapshot {snapshot} has no config.json and {len(checkpoints)} .pth files; "
-                            f"pass the folder or checkpoint you mean")
-    return str(checkpoints[0])
-
-
-def _predictor(args):
-    from .predictor import ChatRexPredictor
-
-    try:
-        return ChatRexPredictor.from_pretrained(args.model, upn=_upn_argument(args.upn), device=args.device, torch_dtype=args.dtype,
-                                                max_new_tokens=args.max_new_tokens)
-    except (ValueError, RuntimeError, OSError) as err:
-        # e.g. a model folder without upn/, a --upn folder that does not exist, or weights
-        # that miss a key (strict loading names it)
-        raise UserError(_one_line(err)) from None
-
-
-def _image_and_predictor(args):
-    """Check the image, load the model, and encode the image once (with the proposal network's
-    boxes, or those of ``--boxes``)."""
-    _check_device(args)
-    image = _load_image(args.image)
-    boxes = _read_boxes(getattr(args, "boxes", None))
-    predictor = _predictor(args)
-    try:
-        predictor.set_image(image, boxes=boxes)
-    except (ValueError, RuntimeError) as err:  # e.g. a model without a UPN and no --boxes
-        raise UserError(_one_line(err)) from None
-    return image, predictor
-
-
-def _check_device(args) -> None:
-    """Fail fast, before loading anything, on a device this machine lacks (e.g. --device cuda
-    without CUDA) or an unknown dtype."""
-    from .predictor import resolve_device_dtype
-
-    try:
-        resolve_device_dtype(args.device, getattr(args, "dtype", None))
-    except ValueError as err:
-        raise UserError(_one_line(err)) from None
-
-
-def _max_new_tokens(value: str) -> int:
-    from .predictor import MAX_NEW_TOKENS
-
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_NEW_TOKENS:
-        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_NEW_TOKENS}], got {value!r}")
-    return n
-
-
-def _device_arguments(p) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
-
-
-def _boxes_argument(p) -> None:
-    p.add_argument("--boxes", metavar="FILE.json",
-                   help="candidate boxes instead of the proposal network's: a JSON list of [x1, y1, x2, y2] in pixels (at most 100)")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+from .arguments import (DEFAULT_MODEL, UserError, _boxes_argument, _check_device, _device_arguments, _image_and_predictor, _load_image, _max_new_tokens, _one_line, _predictor, _read_boxes, _text_argument, _upn_argument)  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -173,7 +56,7 @@ def cmd_detect(args) -> int:
         raise UserError("give either IMAGE... PHRASE or --inputs FILE.jsonl, not both")
     if args.inputs is None and len(args.items) < 2:
         raise UserError("give one or more images and then the phrase (IMAGE... PHRASE), or --inputs FILE.jsonl")
-    from .cli_detect_many import check_common, detect_many
+    from .detect_many import check_common, detect_many
 
     check_common(args)
     if args.inputs is not None or len(args.items) > 2 or args.output is not None:
@@ -191,7 +74,7 @@ def cmd_detect(args) -> int:
         for b in det.boxes:
             print(" ".join(f"{v:.1f}" for v in b))
     if args.out:
-        from .visualize import draw_boxes
+        from ..visualize import draw_boxes
 
         _save(draw_boxes(image, det.boxes, [det.phrase] * len(det.boxes)), args.out)
     return 0
@@ -212,7 +95,7 @@ def cmd_ask(args) -> int:
         for s in answer.spans:
             print(f"  {s.phrase}: " + "; ".join(" ".join(f"{v:.1f}" for v in b) for b in s.boxes))
     if args.out:
-        from .visualize import color_for, draw_boxes
+        from ..visualize import color_for, draw_boxes
 
         boxes, labels, colors = [], [], []
         for i, s in enumerate(answer.spans):
@@ -224,7 +107,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_proposals(args) -> int:
-    from .predictor import UPN_SUBDIR, resolve_model_path
+    from ..predictor import UPN_SUBDIR, resolve_model_path
 
     _check_device(args)
     image = _load_image(args.image)
@@ -247,7 +130,7 @@ def cmd_proposals(args) -> int:
         for b, s, g in zip(props.boxes.tolist(), props.scores.tolist(), props.granularity):
             print(" ".join(f"{v:.1f}" for v in b) + f" {s:.3f} {g}")
     if args.out:
-        from .visualize import draw_boxes
+        from ..visualize import draw_boxes
 
         # Each box is labelled with its index in the list printed above: at the default settings
         # (both prompts, score >= 0.1, NMS 0.6, top 100) the index the chat's <objN> tokens use.
@@ -264,7 +147,7 @@ def _synthetic_split(spec: str, progress: bool) -> str:
     size and seed (:data:`chatrex.evaluation.runner.SYNTH_SPLITS`) and reused afterwards; a
     folder there that holds other images (another seed or size) is refused, not evaluated as if
     it were the standard split."""
-    from .evaluation.data_sources import SYNTH_EVAL_SPLITS, SYNTH_ROOT, SYNTH_SIZE, SYNTH_SPLITS, synthetic_command
+    from ..evaluation.data_sources import SYNTH_EVAL_SPLITS, SYNTH_ROOT, SYNTH_SIZE, SYNTH_SPLITS, synthetic_command
 
     split = spec[len(SYNTH_PREFIX):]
     if split not in SYNTH_EVAL_SPLITS:
@@ -293,7 +176,7 @@ def _synthetic_split(spec: str, progress: bool) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation.runner import evaluate, missing_records_message, records_file
+    from ..evaluation.runner import evaluate, missing_records_message, records_file
 
     # Progress bars on a terminal or with --verbose: stderr stays empty in scripts and logs.
     progress = not args.no_progress and (args.verbose or sys.stderr.isatty())
@@ -328,7 +211,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluation.data_sources import TASKS
+    from ..evaluation.data_sources import TASKS
 
     parser = argparse.ArgumentParser(prog="chatrex", description="Grounded multimodal chat: the model answers with box indices from a proposal network.",
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the proposal network, e.g. cuda (default cpu)")
     p.set_defaults(func=cmd_proposals)
 
-    from .cli_convert import add_convert_parser
+    from .convert import add_convert_parser
 
     add_convert_parser(sub)
 
@@ -433,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return engine_main(argv[1:])
     if argv[:1] == ["data"]:
-        from .datasets.cli import main as data_main
+        from ..datasets.cli import main as data_main
 
         return data_main(argv[1:])
     if argv[:1] == ["bench"]:
-        from .bench.cli import main as bench_main
+        from ..bench.cli import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()
@@ -453,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m chatrex.cli` runs this file as __main__, a second copy of the module whose
-    # UserError the subcommands (which import chatrex.cli) do not raise: run the real one.
-    from chatrex.cli import main as _main
+    # `python -m chatrex.cli.main` runs this file as __main__, a second copy of the module whose
+    # UserError the subcommands (which import chatrex.cli.main) do not raise: run the real one.
+    from chatrex.cli.main import main as _main
 
     sys.exit(_main())

@@ -1,0 +1,1 @@
+"""Converters from released checkpoints and reference libraries to this project's layout."""

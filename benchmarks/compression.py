@@ -22,12 +22,11 @@ import time
 
 import torch
 from PIL import Image
+from report import emit  # benchmarks/report.py, next to this script
 
-from chatrex.text import prompts
 from chatrex.evaluation.runner import evaluate
 from chatrex.predictor import ChatRexPredictor, resolve_model_path
-
-from report import emit  # benchmarks/report.py, next to this script
+from chatrex.text import prompts
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "scene1.png")
 METHODS = {"none": {}, "avgpool2x2": {"token_compression": "avgpool2x2"}, "unshuffle_mlp": {"token_compression": "unshuffle_mlp"},

@@ -18,15 +18,14 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+from report import emit  # benchmarks/report.py, next to this script
 from tqdm.auto import tqdm
 
-from chatrex.text import prompts
-from chatrex.text.coordinates import parse_coordinate_answer
+from chatrex import ChatRexPredictor
 from chatrex.evaluation.metrics import ClassCounts, detection_precision_recall, referring_correct
 from chatrex.evaluation.runner import _image, _records, _sample
-from chatrex import ChatRexPredictor
-
-from report import emit  # benchmarks/report.py, next to this script
+from chatrex.text import prompts
+from chatrex.text.coordinates import parse_coordinate_answer
 
 BUCKETS = ((1, 3, "1-3"), (4, 7, "4-7"), (8, 10**9, "8+"))
 

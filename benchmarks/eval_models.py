@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 PER_IMAGE = {"detection": 4, "referring": 3, "region": 5, "grounded_caption": None, "proposals": None}

@@ -20,12 +20,11 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from report import emit  # benchmarks/report.py, next to this script
 from transformers import AutoModelForCausalLM
 
-from chatrex.text import prompts
 from chatrex import ChatRexPredictor
-
-from report import emit  # benchmarks/report.py, next to this script
+from chatrex.text import prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "scene1.png")

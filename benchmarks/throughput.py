@@ -25,10 +25,9 @@ import time
 
 import torch
 from PIL import Image
+from report import emit  # benchmarks/report.py, next to this script
 
 from chatrex.predictor import ChatRexPredictor
-
-from report import emit  # benchmarks/report.py, next to this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

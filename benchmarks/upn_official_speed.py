@@ -67,10 +67,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     root = os.path.abspath(args.official_root)
     official = oracle.import_official(root)
-    import chatrex.upn.transforms.transform as T
-    from chatrex.upn.models.module import nested_tensor_from_tensor_list
     from PIL import Image
 
+    import chatrex.upn.transforms.transform as T
+    from chatrex.upn.models.module import nested_tensor_from_tensor_list
     from upn import UPNModel
     from upn.convert import infer_config, official_to_ours
     from upn.image_processing import preprocess

@@ -17,8 +17,8 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .text.special_tokens import MAX_OBJECTS
 from .layers.token_compression import METHODS as COMPRESSION_METHODS
+from .text.special_tokens import MAX_OBJECTS
 
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
 BOX_EMBED_ORDERS = ("cxcywh", "cycxwh")

@@ -21,12 +21,12 @@ that fixes the problem (``hf download ...``).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import shutil
 import sys
-import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -21,9 +21,9 @@ from .configuration_chatrex import ChatRexConfig
 from .layers.object_encoder import ObjectEncoder
 from .layers.object_pointer import ObjectPointerHead, gather_references, pad_object_features
 from .layers.projector import build_projector
-from .utils.strict_loading import check_loading_info, override_key_changes
-from .text.special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
 from .layers.token_compression import build_token_compression
+from .text.special_tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, add_special_tokens, object_token
+from .utils.strict_loading import check_loading_info, override_key_changes
 
 # Inputs only the prefill step consumes; later decoding steps read them from the KV cache.
 VISUAL_INPUT_KEYS = ("pixel_values_low", "pixel_values_high", "boxes", "image_features", "object_features", "vision_features", "object_pooled")

@@ -18,16 +18,23 @@ import torch
 from torchvision.ops import box_iou
 from transformers import StoppingCriteriaList
 
-from .text import prompts as prompt_templates
-from .text.answer import ParsedAnswer, parse_answer
 from .image_cache import EncodedImage, ImageCache, encode_images
 from .image_processing_chatrex import to_rgb_image
-from .utils.devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
 from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
 from .processing_chatrex import ChatRexProcessor
+from .prompt_cache import (
+    PromptPrefix,
+    continuation_inputs,
+    encode_prefix,
+    generated_rows,
+    left_padded_inputs,
+    prefix_length,
+)
 from .results import Answer, Detection, history_messages
 from .streaming import StopWhenSet, TokenQueue
-from .prompt_cache import PromptPrefix, continuation_inputs, encode_prefix, generated_rows, left_padded_inputs, prefix_length
+from .text import prompts as prompt_templates
+from .text.answer import ParsedAnswer, parse_answer
+from .utils.devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 UPN_SUBDIR = "upn"

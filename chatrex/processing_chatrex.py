@@ -16,10 +16,10 @@ from typing import Sequence
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
-from .text.chat_template import CHATML_TEMPLATE, normalize_messages
 from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta, to_rgb_image
-from .text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
+from .text.chat_template import CHATML_TEMPLATE, normalize_messages
 from .text.prompts import prompt_set
+from .text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chatrex.text import prompts
 from chatrex.image_processing_chatrex import load_image, to_rgb_image
 from chatrex.predictor import InputTooLongError
+from chatrex.text import prompts
 from chatrex.visualize import PALETTE, draw_boxes, text_color_for
 
 MAX_SIDE = 2048

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chatrex.text.coordinates import to_coordinate_conversation
 from chatrex.image_processing_chatrex import load_image
+from chatrex.text.coordinates import to_coordinate_conversation
 
 from .box_list import build_box_list, record_gt_boxes, record_proposals
 from .record_view import is_text_only, outside_crowd, without_crowd

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from transformers import AutoTokenizer
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor, get_preset_config

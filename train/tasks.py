@@ -14,9 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from chatrex.text.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
-
 from chatrex.text import prompts
+from chatrex.text.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
 
 TASKS = ("detection", "region", "grounded_caption", "caption", "conversation")
 

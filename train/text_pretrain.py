@@ -33,9 +33,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from chatrex.utils.jsonl import JsonlRecords
+
 from .answer_metrics import index_accuracy
 from .checkpointing import save_pretrained_atomic
-from chatrex.utils.jsonl import JsonlRecords
 from .tasks import build_detection, build_region
 
 IGNORE = -100

@@ -14,9 +14,8 @@ import re
 import sys
 from typing import Iterator
 
-from chatrex.text.tokenizer_training import train_bpe_tokenizer
-
 from chatrex.text import prompts
+from chatrex.text.tokenizer_training import train_bpe_tokenizer
 from chatrex.utils.jsonl import JsonlRecords
 
 _MARKUP = re.compile(r"</?ground>|</?objects>|<obj\d+>")

@@ -27,14 +27,14 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Ini
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from chatrex.utils.jsonl import JsonlRecords, read_jsonl
+
 from .answer_metrics import index_accuracy
 from .checkpointing import copy_upn, latest_checkpoint, load_checkpoint, save_checkpoint
-from .library_messages import name_cpu_accelerator_for_deepspeed, tied_parameter_names
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
-from chatrex.utils.jsonl import JsonlRecords, read_jsonl
-
+from .library_messages import name_cpu_accelerator_for_deepspeed, tied_parameter_names
 from .model_loading import load_model_and_processor, upn_folder
 from .stages import apply_stage, build_param_groups, format_counts, param_count
 from .training_data import build_train_data, chatrex_dataset

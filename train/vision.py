@@ -40,8 +40,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .checkpointing import save_pretrained_atomic
 from chatrex.utils.jsonl import JsonlRecords
+
+from .checkpointing import save_pretrained_atomic
 
 ATTRIBUTES = ("color", "size", "pattern")
 IGNORE = -100

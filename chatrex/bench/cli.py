@@ -22,7 +22,15 @@ import sys
 
 from ..cli.main import _one_line, _output_policy
 from . import detection, rec, runner
-from .protocol import CATEGORY_MODES, PROMPT_MODES, PROPOSAL_PROMPTS, DetectionProtocol, ProposalProtocol, RecProtocol, describe
+from .protocol import (
+    CATEGORY_MODES,
+    PROMPT_MODES,
+    PROPOSAL_PROMPTS,
+    DetectionProtocol,
+    ProposalProtocol,
+    RecProtocol,
+    describe,
+)
 from .runner import BenchError
 
 REC_FORMATS = ("mdetr", "refer", "parquet", "jsonl")

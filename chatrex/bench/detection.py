@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..datasets.categories import coco_prompt_name, lvis_prompt_name
 from ..datasets.boxes import xywh_to_xyxy
+from ..datasets.categories import coco_prompt_name, lvis_prompt_name
 from ..datasets.coco import coco_candidates, load_coco_json
 from ..datasets.files import first_existing
 from ..datasets.lvis import lvis_candidates

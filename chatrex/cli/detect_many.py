@@ -8,8 +8,8 @@ import sys
 
 from tqdm.auto import tqdm
 
-from .arguments import UserError, _check_device, _predictor, _text_argument
 from ..detect_many import DetectInput, pending, read_inputs, run
+from .arguments import UserError, _check_device, _predictor, _text_argument
 
 
 def _inputs(args) -> list[DetectInput]:

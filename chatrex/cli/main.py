@@ -18,7 +18,21 @@ import os
 import sys
 import warnings
 
-from .arguments import (DEFAULT_MODEL, UserError, _boxes_argument, _check_device, _device_arguments, _image_and_predictor, _load_image, _max_new_tokens, _one_line, _predictor, _read_boxes, _text_argument, _upn_argument)  # noqa: F401
+from .arguments import (  # noqa: F401
+    DEFAULT_MODEL,
+    UserError,
+    _boxes_argument,
+    _check_device,
+    _device_arguments,
+    _image_and_predictor,
+    _load_image,
+    _max_new_tokens,
+    _one_line,
+    _predictor,
+    _read_boxes,
+    _text_argument,
+    _upn_argument,
+)
 
 
 @contextlib.contextmanager

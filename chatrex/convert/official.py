@@ -50,17 +50,25 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 from transformers.utils import logging as hf_logging
 
-from ..text.chat_template import resolve_chat_template
 from ..configuration_chatrex import ChatRexConfig
-from .convnext_timm import hf_to_timm, infer_config
-from .compose import DTYPES, _check_complete, high_resolution_size, map_clip_vision, map_convnext, read_checkpoint, read_folder_weights
 from ..image_processing_chatrex import ChatRexImageProcessor
 from ..modeling_chatrex import ChatRexForConditionalGeneration
-from ..presets import OFFICIAL_NUMERICS
-from ..processing_chatrex import ChatRexProcessor
-from ..text.special_tokens import add_special_tokens
 from ..official.layout import CONVNEXT_KEY, is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
 from ..official.synthetic import OFFICIAL_ADDED_TOKENS
+from ..presets import OFFICIAL_NUMERICS
+from ..processing_chatrex import ChatRexProcessor
+from ..text.chat_template import resolve_chat_template
+from ..text.special_tokens import add_special_tokens
+from .compose import (
+    DTYPES,
+    _check_complete,
+    high_resolution_size,
+    map_clip_vision,
+    map_convnext,
+    read_checkpoint,
+    read_folder_weights,
+)
+from .convnext_timm import hf_to_timm, infer_config
 
 # Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc). CONVNEXT_KEY
 # lives in .layout with is_official_folder, which the loaders call without importing this module.

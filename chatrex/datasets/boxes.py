@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 from .schema import BOX_SLACK
-
 from .sink import BadRow
 
 

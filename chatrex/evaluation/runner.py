@@ -10,9 +10,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data_sources import SYNTH_EVAL_SPLITS, SYNTH_ROOT, SYNTH_SIZE, SYNTH_SPLITS, TASKS, missing_records_message, records_file, synthetic_command  # noqa: F401 (re-exported)
+from .data_sources import (  # noqa: F401 (re-exported)
+    SYNTH_EVAL_SPLITS,
+    SYNTH_ROOT,
+    SYNTH_SIZE,
+    SYNTH_SPLITS,
+    TASKS,
+    missing_records_message,
+    records_file,
+    synthetic_command,
+)
 from .metrics import ClassCounts, coco_map, detection_precision_recall, greedy_match, proposal_recall, referring_correct
-
 
 
 @dataclass

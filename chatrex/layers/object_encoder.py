@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, roi_align
 
-
 ORDERS = {"cxcywh": (0, 1, 2, 3), "cycxwh": (1, 0, 2, 3)}
 
 

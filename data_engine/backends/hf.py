@@ -15,8 +15,13 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForZeroShotObjectDetection,
-                          AutoProcessor, AutoTokenizer)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoModelForZeroShotObjectDetection,
+    AutoProcessor,
+    AutoTokenizer,
+)
 
 from .base import Box, GroundedBox, RegionText
 from .rules import singular

@@ -1,6 +1,13 @@
 import pytest
 
-from chatrex.evaluation import ClassCounts, coco_map, detection_precision_recall, greedy_match, proposal_recall, referring_correct
+from chatrex.evaluation import (
+    ClassCounts,
+    coco_map,
+    detection_precision_recall,
+    greedy_match,
+    proposal_recall,
+    referring_correct,
+)
 from chatrex.evaluation.runner import EvalTable, _sample
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from chatrex import hub
-from chatrex.cli.main import main
 from chatrex.cli.convert import _check_compose, _check_official
+from chatrex.cli.main import main
 from chatrex.evaluation import runner
 from chatrex.predictor import BUNDLED_DIR, ChatRexPredictor
 from data_engine.synthetic.generator import write_split

@@ -22,8 +22,6 @@ import torch
 from chatrex import hub
 from chatrex.predictor import BUNDLED_DIR, ChatRexPredictor, resolve_model_path
 
-from .test_official import rexseek_tokenizer_dir, tiny_official  # noqa: F401  (fixtures)
-
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 

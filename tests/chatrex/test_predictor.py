@@ -14,7 +14,6 @@ from chatrex.cli.main import main
 from chatrex.predictor import Answer, ChatRexPredictor, Detection, resolve_model_path
 
 
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_bundle_dir):
     return tiny_bundle_dir

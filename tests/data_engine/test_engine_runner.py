@@ -9,7 +9,6 @@ import shutil
 import pytest
 
 from chatrex.cli.main import main as chatrex_main
-from data_engine.runners import output as output_module
 from data_engine.runners.local import run_local
 from data_engine.runners.output import OutputDir
 from data_engine.schema import validate_record

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_engine.backends.base import GroundedBox, RegionText
+from data_engine.backends.base import GroundedBox
 from data_engine.backends.rules import RuleVerifier, singular
 from data_engine.config import load_engine_config
 from data_engine.pipeline import Pipeline, check_order, grounded_caption

@@ -128,8 +128,13 @@ def _tiny_qwen2(qwen_tokenizer):
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory, qwen_tokenizer):
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),

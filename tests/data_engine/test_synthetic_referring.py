@@ -14,6 +14,7 @@ import pytest
 from data_engine.synthetic import generate_scene
 from data_engine.synthetic.expressions import Unparseable, resolve
 
+
 @functools.lru_cache(maxsize=None)
 def _records():
     out = []

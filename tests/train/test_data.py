@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
+from chatrex.utils.jsonl import JsonlRecords
 from train.box_list import build_box_list
 from train.dataset import ChatRexDataset, EpochSampler
-from chatrex.utils.jsonl import JsonlRecords
 from train.tasks import BadSample, grounded_answer, remap_indices
 
 

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from chatrex.utils.jsonl import JsonlRecords
-from train.diagnostics.error_causes import detection_counts, instance_bin, named_attributes, referring_cause, referring_form, referring_table
+from train.diagnostics.error_causes import (
+    detection_counts,
+    instance_bin,
+    named_attributes,
+    referring_cause,
+    referring_form,
+    referring_table,
+)
 from train.diagnostics.feature_probes import probe
 from train.diagnostics.oracle_features import OracleFeatureCache, OracleFeatures
 from train.feature_cache import FeatureCache, build_cache, candidate_boxes

@@ -2,8 +2,8 @@
 
 import importlib.util
 import os
-import signal
 import re
+import signal
 import socket
 import subprocess
 import sys

@@ -14,8 +14,8 @@ from chatrex import get_preset_config
 from chatrex.predictor import BUNDLED_DIR, ChatRexPredictor, bundled_models
 from chatrex.presets import PRESETS
 from train.checkpointing import save_pretrained_atomic
-from train.library_messages import _ExpectedSharedTensors, expected_shared_tensors, tied_parameter_names
 from train.config import load_config
+from train.library_messages import _ExpectedSharedTensors, expected_shared_tensors, tied_parameter_names
 from train.model_loading import init_folder, load_model_and_processor, upn_folder
 from train.trainer import train
 

@@ -14,8 +14,13 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 
 from chatrex.datasets.cli import main as data_cli
-from chatrex.datasets.leakage import (coco_id_from_path, coco_image_id, filter_records, heldout_image_ids,
-                                      leakage_summary)
+from chatrex.datasets.leakage import (
+    coco_id_from_path,
+    coco_image_id,
+    filter_records,
+    heldout_image_ids,
+    leakage_summary,
+)
 from chatrex.utils.jsonl import JsonlRecords
 from tests.datasets import tiny_sources as tiny
 from train.dataset import ChatRexCollator, ChatRexDataset, EpochSampler

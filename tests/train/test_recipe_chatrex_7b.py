@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from train.batch_commands import main as batch_main, parse_command
+from train.batch_commands import main as batch_main
+from train.batch_commands import parse_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE = os.path.join(REPO, "train", "recipes", "chatrex_7b.sh")

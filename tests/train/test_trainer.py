@@ -8,10 +8,10 @@ from accelerate.utils import set_seed
 from PIL import Image
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor
+from chatrex.utils.jsonl import JsonlRecords
 from train.checkpointing import latest_checkpoint, list_checkpoints
 from train.dataset import ChatRexCollator, ChatRexDataset
 from train.model_loading import load_model_and_processor
-from chatrex.utils.jsonl import JsonlRecords
 from train.trainer import train
 
 from .conftest import tiny_config

@@ -4,8 +4,8 @@ import torch
 
 from chatrex.cli.main import main as chatrex_main
 from upn import UPNModel, UPNPredictor, get_config
-from upn.convert import (expected_state_shapes, infer_config, key_rules, main as convert_main, official_to_ours,
-                         ours_to_official)
+from upn.convert import expected_state_shapes, infer_config, key_rules, official_to_ours, ours_to_official
+from upn.convert import main as convert_main
 
 from .official_parity import load_fixture, official_state
 

@@ -103,20 +103,10 @@ def write_official_folder(out_dir: str, config: dict, shapes: dict, tokenizer_di
     if max_shard_bytes is None:
         save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
         return
-    shards: list[dict] = [{}]
-    size = 0
-    for key, value in state.items():
-        nbytes = value.numel() * value.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = value
-        size += nbytes
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(out_dir, name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    total = sum(v.numel() * v.element_size() for v in state.values())
-    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    # Imported here: the oracle loads this module by path in the official code's venv, which
+    # only needs the unsharded branch above.
+    from huggingface_hub import save_torch_state_dict
+
+    # The hub's writer names shards and the index the way transformers' sharded checkpoints
+    # are named (model-00001-of-0000N.safetensors, model.safetensors.index.json).
+    save_torch_state_dict(state, out_dir, max_shard_size=max_shard_bytes, metadata={"format": "pt"})

@@ -227,3 +227,17 @@ def test_official_answer_rules(text, chatrex_spans, official_spans):
     assert official.text == parse_answer(text, boxes).text  # the text is the same; only spans differ
     with pytest.raises(ValueError, match="rules"):
         parse_answer(text, boxes, rules="paper")
+
+
+def test_a_sharded_official_folder_reads_back_every_tensor(tmp_path):
+    from chatrex.convert.compose import read_folder_weights
+    from chatrex.official.synthetic import synthetic_state, write_official_folder
+
+    shapes = {"model.embed_tokens.weight": (16, 8), "model.layers.0.mlp.up_proj.weight": (8, 8), "model.norm.weight": (8,)}
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    write_official_folder(str(tmp_path / "sharded"), {"model_type": "rexseek_qwen"}, shapes, str(tokenizer), max_shard_bytes=300)
+    files = sorted(p.name for p in (tmp_path / "sharded").glob("*.safetensors"))
+    assert len(files) >= 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file(), files
+    got, want = read_folder_weights(tmp_path / "sharded"), synthetic_state(shapes)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)

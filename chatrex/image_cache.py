@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .image_processing_chatrex import ImageMeta, to_rgb_image
+from upn.image_processing import to_rgb_image
+
+from .image_processing_chatrex import ImageMeta
 from .modeling_chatrex import ChatRexImageFeatures
 from .prompt_cache import PromptPrefix
 

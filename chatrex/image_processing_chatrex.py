@@ -20,39 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from torchvision.ops import clip_boxes_to_image
+
+from upn.image_processing import resize_normalize, to_rgb_image
+
+from .utils.boxes import check_boxes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def to_rgb_image(image) -> Image.Image:
-    """Return ``image`` as an RGB PIL image.
-
-    Accepts PIL images of any mode (grayscale, RGBA, palette, 16/32-bit integer, float) and
-    numpy arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8/uint16/float.
-    RGBA and palette images are composited on white. 16-bit data is scaled to 8 bits.
-
-    Raises:
-        ValueError: zero-size image or an array of unsupported shape/dtype.
-    """
-    if isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected a PIL image or numpy array, got {type(image).__name__}")
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"image has zero size ({image.width}x{image.height})")
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return _array_to_pil(np.asarray(image).astype(np.uint16))
-    if mode in ("I", "F"):
-        return _array_to_pil(np.asarray(image))
-    if mode == "P":
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
 
 
 def load_image(path) -> Image.Image:
@@ -72,74 +47,6 @@ def load_image(path) -> Image.Image:
             return to_rgb_image(img)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
-
-
-def _array_to_pil(arr: np.ndarray) -> Image.Image:
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise ValueError(f"unsupported image array shape {arr.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image has zero size ({arr.shape[1]}x{arr.shape[0]})")
-    if arr.dtype == np.uint8:
-        out = arr
-    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-        out = _scale_to_uint8(arr)
-    else:
-        raise ValueError(f"unsupported image dtype {arr.dtype}")
-    img = Image.fromarray(out)
-    return to_rgb_image(img) if img.mode != "RGB" else img
-
-
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map wider-than-8-bit data to uint8: floats in [0, 1] and 16-bit ranges are scaled; any
-    other range is min-max stretched."""
-    a = np.nan_to_num(arr.astype(np.float64))
-    lo, hi = a.min(initial=0.0), a.max(initial=0.0)
-    if arr.dtype == np.uint16 or (lo >= 0 and 255 < hi <= 65535):
-        a = a / 257.0
-    elif np.issubdtype(arr.dtype, np.floating) and lo >= 0 and hi <= 1.0:
-        a = a * 255.0
-    elif lo < 0 or hi > 255:
-        a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-    return a.round().clip(0, 255).astype(np.uint8)
-
-
-def validate_boxes(boxes, width: int, height: int, max_objects: int) -> np.ndarray:
-    """Check pixel xyxy ``boxes`` (K, 4) against an image of ``width`` x ``height``.
-
-    Boxes that stick out of the image are clipped to it (documented behaviour). Raises
-    ``ValueError`` for non-finite values, ``x2 <= x1`` or ``y2 <= y1``, boxes that lie entirely
-    outside the image, and more than ``max_objects`` boxes.
-
-    Returns:
-        float64 array (K, 4), clipped pixel xyxy.
-    """
-    arr = np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype=np.float64)
-    if arr.size == 0:
-        return np.zeros((0, 4), dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (K, 4) in pixel xyxy, got {tuple(arr.shape)}")
-    if len(arr) > max_objects:
-        raise ValueError(
-            f"{len(arr)} boxes given but at most {max_objects} are supported; "
-            f"keep the top-{max_objects} by score (e.g. torchvision.ops.nms then topk)"
-        )
-    if not np.isfinite(arr).all():
-        bad = int(np.where(~np.isfinite(arr).all(axis=1))[0][0])
-        raise ValueError(f"box {bad} has non-finite coordinates {arr[bad].tolist()}")
-    degenerate = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
-    if degenerate.any():
-        bad = int(np.where(degenerate)[0][0])
-        raise ValueError(f"box {bad} {arr[bad].tolist()} has x2 <= x1 or y2 <= y1 (expected pixel xyxy)")
-    clipped = arr.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    outside = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    if outside.any():
-        bad = int(np.where(outside)[0][0])
-        raise ValueError(f"box {bad} {arr[bad].tolist()} lies outside the {width}x{height} image")
-    return clipped
 
 
 PAD_MODES = ("top_left", "center")
@@ -223,11 +130,7 @@ class ChatRexImageProcessor:
         return canvas
 
     def _to_tensor(self, image: Image.Image, size: int) -> torch.Tensor:
-        resized = image.resize((size, size), Image.BICUBIC)
-        arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
-        return (arr - mean) / std
+        return resize_normalize(image, (size, size), self.image_mean, self.image_std, Image.BICUBIC)
 
     def preprocess(self, image) -> tuple[torch.Tensor, torch.Tensor, ImageMeta]:
         """Returns ``(low, high, meta)``: tensors (3, low_size, low_size) and (3, high_size, high_size)."""
@@ -245,13 +148,11 @@ class ChatRexImageProcessor:
 
     def normalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
         """Pixel xyxy in the original image (K, 4) -> normalised xyxy on the padded square (K, 4)."""
-        clipped = validate_boxes(boxes, meta.width, meta.height, self.max_objects)
+        clipped = check_boxes(boxes, meta.width, meta.height, self.max_objects)
         return torch.from_numpy((clipped + self._offsets(meta)) / meta.side).float()
 
     def denormalize_boxes(self, boxes, meta: ImageMeta) -> torch.Tensor:
         """Normalised xyxy on the padded square (K, 4) -> pixel xyxy in the original image (K, 4)."""
         b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4) * meta.side - torch.from_numpy(self._offsets(meta))
-        b[:, [0, 2]] = b[:, [0, 2]].clamp(0, meta.width)
-        b[:, [1, 3]] = b[:, [1, 3]].clamp(0, meta.height)
-        return b.float()
+        return clip_boxes_to_image(b, (meta.height, meta.width)).float()
 

@@ -18,8 +18,9 @@ import torch
 from torchvision.ops import box_iou
 from transformers import StoppingCriteriaList
 
+from upn.image_processing import to_rgb_image
+
 from .image_cache import EncodedImage, ImageCache, encode_images
-from .image_processing_chatrex import to_rgb_image
 from .modeling_chatrex import ChatRexForConditionalGeneration, ChatRexImageFeatures
 from .processing_chatrex import ChatRexProcessor
 from .prompt_cache import (
@@ -34,7 +35,7 @@ from .results import Answer, Detection, history_messages
 from .streaming import StopWhenSet, TokenQueue
 from .text import prompts as prompt_templates
 from .text.answer import ParsedAnswer, parse_answer
-from .utils.devices import DTYPES, resolve_device_dtype  # noqa: F401 (re-exported: imported from here since the first release)
+from .utils.devices import resolve_device_dtype
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 UPN_SUBDIR = "upn"

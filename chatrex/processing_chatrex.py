@@ -16,7 +16,9 @@ from typing import Sequence
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
-from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta, to_rgb_image
+from upn.image_processing import to_rgb_image
+
+from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta
 from .text.chat_template import CHATML_TEMPLATE, normalize_messages
 from .text.prompts import prompt_set
 from .text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from chatrex.predictor import DTYPES
+from chatrex.utils.devices import DTYPES
 
 from .lifetime import exit_with_parent
 from .logic import DemoLogic, Reply, prepare_image, reply_html

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chatrex.image_processing_chatrex import load_image, to_rgb_image
+from chatrex.image_processing_chatrex import load_image
 from chatrex.predictor import InputTooLongError
 from chatrex.text import prompts
 from chatrex.visualize import PALETTE, draw_boxes, text_color_for
+from upn.image_processing import to_rgb_image
 
 MAX_SIDE = 2048
 # PIL's decompression-bomb limit (its default where an application switched it off): larger

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, clip_boxes_to_image
 
-from chatrex.image_processing_chatrex import validate_boxes
+from chatrex.utils.boxes import check_boxes
 
 
 @dataclass
@@ -76,9 +76,7 @@ def record_proposals(record: dict, width: int, height: int) -> np.ndarray:
     props = [p["box"] if isinstance(p, dict) else p for p in (record.get("proposals") or [])]
     if not props:
         return np.zeros((0, 4))
-    arr = np.asarray(props, dtype=np.float64).reshape(-1, 4)
-    arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, width)
-    arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, height)
+    arr = clip_boxes_to_image(torch.as_tensor(props, dtype=torch.float64).reshape(-1, 4), (height, width)).numpy()
     ok = np.isfinite(arr).all(1) & (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
     return arr[ok]
 
@@ -91,4 +89,4 @@ def record_gt_boxes(record: dict, width: int, height: int) -> np.ndarray:
     gt = [r.get("box") for r in regions]
     if any(b is None for b in gt):
         raise ValueError("a region has no box")
-    return validate_boxes(gt, width, height, max_objects=10**9)
+    return check_boxes(gt, width, height)

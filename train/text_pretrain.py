@@ -33,13 +33,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from chatrex.processing_chatrex import IGNORE_INDEX
 from chatrex.utils.jsonl import JsonlRecords
 
 from .answer_metrics import index_accuracy
 from .checkpointing import save_pretrained_atomic
 from .tasks import build_detection, build_region
 
-IGNORE = -100
 REGION_FIELDS = ("category", "phrase")  # what a slot made of the phrase can answer
 
 
@@ -105,7 +105,7 @@ class TextRetrievalData(torch.utils.data.IterableDataset):
 def collate(items, pad_id: int):
     width = max(len(ids) for ids, _, _ in items)
     input_ids = torch.full((len(items), width), pad_id)
-    labels = torch.full((len(items), width), IGNORE)
+    labels = torch.full((len(items), width), IGNORE_INDEX)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for row, (ids, lab, _) in enumerate(items):
         input_ids[row, : len(ids)] = torch.tensor(ids)

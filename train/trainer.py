@@ -27,6 +27,7 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Ini
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from chatrex.processing_chatrex import IGNORE_INDEX
 from chatrex.utils.jsonl import JsonlRecords, read_jsonl
 
 from .answer_metrics import index_accuracy
@@ -166,7 +167,7 @@ def evaluate(model, loader, device) -> float:
     total, count = 0.0, 0
     for batch in loader:
         batch = _to_device(batch, device)
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         total += float(model(**_model_inputs(batch)).loss) * n
         count += n
     model.train(was_training)

@@ -27,14 +27,14 @@ import random
 import sys
 from collections import Counter, defaultdict
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm.auto import tqdm
 
 from upn import UPNModel, get_config
-from upn.image_processing import resized_size, to_rgb_pil
+from upn.image_processing import resize_normalize, resized_size, to_rgb_image
 
 CHECKPOINT_NAME = "checkpoint.pt"
 GRANULARITIES = ("coarse", "fine")
@@ -86,8 +86,7 @@ class UPNDetectionDataset(Dataset):
     def __init__(self, samples: list[dict], short_side: int, max_size: int, mean, std) -> None:
         self.samples = samples
         self.short_side, self.max_size = short_side, max_size
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,23 +96,18 @@ class UPNDetectionDataset(Dataset):
         s = self.samples[index]
         try:
             with Image.open(s["path"]) as im:
-                image = to_rgb_pil(im)
+                image = to_rgb_image(im)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot use image {s['path']}: {err}") from err
         w, h = image.size
-        xyxy = s["boxes"].clone()
-        xyxy[:, 2:] += xyxy[:, :2]
-        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
-        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        xyxy = clip_boxes_to_image(box_convert(s["boxes"], "xywh", "xyxy"), (h, w))
         xyxy = xyxy[(xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)]
         if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             xyxy = torch.stack([w - xyxy[:, 2], xyxy[:, 1], w - xyxy[:, 0], xyxy[:, 3]], -1)
-        image = image.resize(resized_size(w, h, self.short_side, self.max_size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        norm = xyxy / torch.tensor([w, h, w, h], dtype=torch.float32)
-        cxcywh = torch.cat([(norm[:, :2] + norm[:, 2:]) / 2, norm[:, 2:] - norm[:, :2]], -1)
-        return {"pixel_values": (x - self.mean) / self.std, "boxes": cxcywh, "granularity": s["granularity"]}
+        pixels = resize_normalize(image, resized_size(w, h, self.short_side, self.max_size), self.mean, self.std)
+        cxcywh = box_convert(xyxy / torch.tensor([w, h, w, h], dtype=torch.float32), "xyxy", "cxcywh")
+        return {"pixel_values": pixels, "boxes": cxcywh, "granularity": s["granularity"]}
 
 
 def collate(batch: list[dict]) -> dict:

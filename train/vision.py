@@ -35,17 +35,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from chatrex.image_processing_chatrex import load_image
+from chatrex.processing_chatrex import IGNORE_INDEX
 from chatrex.utils.jsonl import JsonlRecords
 
 from .checkpointing import save_pretrained_atomic
 
 ATTRIBUTES = ("color", "size", "pattern")
-IGNORE = -100
 BACKGROUND = "background"
 
 
@@ -71,10 +71,10 @@ class LabelSpace:
 
     def region_labels(self, reg) -> dict[str, int]:
         attrs = reg.get("attributes") or {}
-        out = {"category": self.categories.index(reg["category"]) if reg["category"] in self.categories else IGNORE}
+        out = {"category": self.categories.index(reg["category"]) if reg["category"] in self.categories else IGNORE_INDEX}
         for a in ATTRIBUTES:
             v = attrs.get(a)
-            out[a] = self.values[a].index(v) if v in self.values[a] else IGNORE
+            out[a] = self.values[a].index(v) if v in self.values[a] else IGNORE_INDEX
         return out
 
 
@@ -90,7 +90,7 @@ class VisionHeads(nn.Module):
 
 def _patch_labels(boxes: torch.Tensor, labels: list[dict], grid: int) -> dict[str, torch.Tensor]:
     """For each of ``grid``² patches (row-major), the labels of the smallest box (normalised xyxy
-    (K, 4)) containing the patch centre; category 0 (background) and colour IGNORE otherwise."""
+    (K, 4)) containing the patch centre; category 0 (background) and colour IGNORE_INDEX otherwise."""
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
     cy, cx = torch.meshgrid(centres, centres, indexing="ij")
     cx, cy = cx.flatten()[:, None], cy.flatten()[:, None]
@@ -99,8 +99,8 @@ def _patch_labels(boxes: torch.Tensor, labels: list[dict], grid: int) -> dict[st
     smallest = torch.where(inside, area, torch.full_like(area, math.inf)).argmin(1)
     covered = inside.any(1)
     cat = torch.tensor([labels[k]["category"] for k in smallest.tolist()]) if len(labels) else torch.zeros(grid * grid, dtype=torch.long)
-    col = torch.tensor([labels[k]["color"] for k in smallest.tolist()]) if len(labels) else torch.full((grid * grid,), IGNORE)
-    return {"category": torch.where(covered, cat, 0), "color": torch.where(covered, col, IGNORE)}
+    col = torch.tensor([labels[k]["color"] for k in smallest.tolist()]) if len(labels) else torch.full((grid * grid,), IGNORE_INDEX)
+    return {"category": torch.where(covered, cat, 0), "color": torch.where(covered, col, IGNORE_INDEX)}
 
 
 class RegionDataset(torch.utils.data.Dataset):
@@ -115,7 +115,7 @@ class RegionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         rec = self.records[i]
-        image = Image.open(rec["image"]).convert("RGB")
+        image = load_image(rec["image"])
         regions = rec.get("regions", [])[: self.ip.max_objects]
         low, high, meta = self.ip.preprocess(image)
         boxes = self.ip.normalize_boxes([r["box"] for r in regions], meta) if regions else torch.zeros((0, 4))
@@ -167,10 +167,10 @@ def forward_losses(model, heads: VisionHeads, batch, reference=None, preserve: f
     for prefix, feats, heads_, targets in groups:
         for name, head in heads_.items():
             y = targets[name]
-            if (y != IGNORE).any():
+            if (y != IGNORE_INDEX).any():
                 logits = head(feats)
-                loss = loss + F.cross_entropy(logits, y, ignore_index=IGNORE)
-                keep = y != IGNORE
+                loss = loss + F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+                keep = y != IGNORE_INDEX
                 acc[f"{prefix}_{name}"] = (logits.argmax(1)[keep] == y[keep]).float().mean().item()
     if reference is not None and preserve > 0:
         with torch.no_grad():

@@ -39,10 +39,10 @@ from ..configuration_chatrex import ChatRexConfig
 from ..modeling_chatrex import ChatRexForConditionalGeneration, ChatRexModel
 from ..processing_chatrex import ChatRexProcessor
 from ..text.special_tokens import add_special_tokens
+from ..utils.devices import DTYPES
 from ..utils.strict_loading import check_loading_info
 from .convnext_timm import timm_to_hf
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INFO_NAME = "compose_info.json"
 
 # CLIP folder key -> CLIPVisionModel key (transformers 5 saves CLIPVisionModel without the

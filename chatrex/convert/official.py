@@ -59,8 +59,8 @@ from ..presets import OFFICIAL_NUMERICS
 from ..processing_chatrex import ChatRexProcessor
 from ..text.chat_template import resolve_chat_template
 from ..text.special_tokens import add_special_tokens
+from ..utils.devices import DTYPES
 from .compose import (
-    DTYPES,
     _check_complete,
     high_resolution_size,
     map_clip_vision,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from ..utils.boxes import BoxError, check_box
 from .schema import BOX_SLACK
 from .sink import BadRow
 
@@ -49,25 +50,8 @@ def checked_box(xyxy: list[float], width: int | None, height: int | None) -> tup
     than ``BOX_SLACK`` pixels. Rounding slack within 1 px is clipped (``clipped`` is True), so
     imported boxes always lie inside the image.
     """
-    x1, y1, x2, y2 = xyxy
-    if not (x2 > x1 and y2 > y1):
-        raise BadBox("degenerate box", f"degenerate box {_fmt(xyxy)} (xyxy; needs x2 > x1 and y2 > y1)")
-    x1, x2, clipped_x = _clip_axis(x1, x2, width, "width", xyxy)
-    y1, y2, clipped_y = _clip_axis(y1, y2, height, "height", xyxy)
-    if not (x2 > x1 and y2 > y1):
-        raise BadBox("degenerate box", f"box {_fmt(xyxy)} (xyxy) has no area inside the image")
-    return [x1, y1, x2, y2], clipped_x or clipped_y
-
-
-def _clip_axis(lo: float, hi: float, size: int | None, name: str, xyxy) -> tuple[float, float, bool]:
-    """One axis of :func:`checked_box`: ``(lo, hi, clipped)`` inside ``[0, size]``."""
-    if size is None:
-        return lo, hi, False
-    if lo < -BOX_SLACK or hi > size + BOX_SLACK:
-        raise BadBox("box outside image", f"box {_fmt(xyxy)} (xyxy) outside image {name} {size}")
-    new_lo, new_hi = max(lo, 0.0), min(hi, float(size))
-    return new_lo, new_hi, (new_lo, new_hi) != (lo, hi)
-
-
-def _fmt(box) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+    try:
+        box = check_box(xyxy, width, height, slack=BOX_SLACK).tolist()
+    except BoxError as err:
+        raise BadBox(err.kind, str(err)) from None
+    return box, box != [float(v) for v in xyxy]

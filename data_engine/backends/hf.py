@@ -23,6 +23,9 @@ from transformers import (
     AutoTokenizer,
 )
 
+from chatrex.utils.boxes import check_box
+from upn.image_processing import to_rgb_image
+
 from .base import Box, GroundedBox, RegionText
 from .rules import singular
 
@@ -34,20 +37,8 @@ _ARTICLES = {"a", "an", "the"}
 def _rgb(image: Image.Image, name: str = "image") -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"{name} must be a PIL.Image.Image, got {type(image).__name__}")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def check_box(box: Box, width: int, height: int, name: str = "box") -> tuple[float, float, float, float]:
-    """Validate a pixel xyxy box against a ``width`` x ``height`` image; returns it as floats."""
-    vals = tuple(float(v) for v in box)
-    if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
-        raise ValueError(f"{name}={list(box)} must be 4 finite numbers x1, y1, x2, y2")
-    x1, y1, x2, y2 = vals
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"{name}={list(vals)} must have x2 > x1 and y2 > y1 (pixel xyxy)")
-    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-        raise ValueError(f"{name}={list(vals)} lies outside the {width}x{height} image")
-    return vals
+    # The models' own conversion: transparency on white, 16-bit rescaled, as at inference.
+    return image if image.mode == "RGB" else to_rgb_image(image)
 
 
 def _words(text: str) -> list[str]:
@@ -273,7 +264,7 @@ class HFRegionCaptioner:
         for k, (box, phrase) in enumerate(zip(boxes, phrases)):
             if not isinstance(phrase, str) or not phrase.strip():
                 raise ValueError(f"phrases[{k}]={phrase!r} must be a non-empty string")
-            x1, y1, x2, y2 = check_box(box, w, h, f"boxes[{k}]")
+            x1, y1, x2, y2 = check_box(box, w, h, slack=0, name=f"boxes[{k}]")
             px, py = self.pad * (x2 - x1), self.pad * (y2 - y1)
             left, top = max(0, math.floor(x1 - px)), max(0, math.floor(y1 - py))
             right, bottom = min(w, math.ceil(x2 + px)), min(h, math.ceil(y2 + py))
@@ -366,7 +357,7 @@ class HFRewriter(_CausalLMBackend):
         if not 0 <= index < len(boxes):
             raise ValueError(f"index={index} is out of range for {len(boxes)} boxes")
         w, h = _rgb(image).size
-        box = check_box(boxes[index], w, h, f"boxes[{index}]")
+        box = tuple(check_box(boxes[index], w, h, slack=0, name=f"boxes[{index}]").tolist())
         prompt = self.template.format(width=w, height=h, count=len(boxes), phrase=region.phrase,
                                       description=region.description, position=coarse_position(box, w, h))
         if self.use_chat_template:

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from chatrex.image_processing_chatrex import ChatRexImageProcessor, ImageMeta, to_rgb_image
+from chatrex.image_processing_chatrex import ChatRexImageProcessor, ImageMeta
+from upn.image_processing import to_rgb_image
 
 
 @pytest.fixture
@@ -114,3 +115,59 @@ def test_bad_processor_settings():
         ChatRexImageProcessor(low_size=0)
     with pytest.raises(ValueError, match="image_std"):
         ChatRexImageProcessor(image_std=(0.0, 1.0, 1.0))
+
+
+# ChatRex's processor and UPN's preprocessing share upn.image_processing.to_rgb_image: the cases on
+# which their two former copies disagreed must now behave identically through both.
+def _both_pipelines(image):
+    from upn.config import ImageConfig
+    from upn.image_processing import preprocess
+
+    _, high, _ = ChatRexImageProcessor(low_size=32, high_size=64).preprocess(image)
+    upn_pixels, _ = preprocess(image, ImageConfig(short_side=48, max_size=64))
+    return high, upn_pixels
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.full((8, 8, 3), 300.0, dtype=np.float32), r"\[0, 1\] or \[0, 255\], got \[300, 300\]"),
+        (np.full((8, 8, 3), -0.5), r"got \[-0.5, -0.5\]"),
+        (np.where(np.eye(8, dtype=bool)[..., None], np.nan, 0.5).repeat(3, 2), "NaN or inf"),
+        (np.full((8, 8), np.inf, dtype=np.float32), "NaN or inf"),
+        (Image.fromarray(np.full((8, 8), 1000.0, dtype=np.float32)), "got \\[1000, 1000\\]"),
+    ],
+)
+def test_bad_float_images_raise_in_both_pipelines(image, match):
+    for run in (lambda: ChatRexImageProcessor().preprocess(image), lambda: _both_pipelines(image)):
+        with pytest.raises(ValueError, match=match):
+            run()
+
+
+def _palette_with_transparent_entry() -> Image.Image:
+    image = Image.new("P", (8, 6), 0)
+    image.putpalette([10, 20, 30, 200, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 4, 6))
+    image.info["transparency"] = 1  # palette entry 1 (red) is fully transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        # float arrays: [0, 1] scaled by 255 and rounded (not truncated), [0, 255] rounded
+        (np.full((6, 8, 3), 0.5, dtype=np.float32), np.full((6, 8, 3), 128)),
+        (np.full((6, 8, 3), 254.6), np.full((6, 8, 3), 255)),
+        # palette: the transparent entry composited on white, the opaque one kept
+        (_palette_with_transparent_entry(), np.concatenate([np.full((6, 4, 3), 255), np.tile([10, 20, 30], (6, 4, 1))], 1)),
+        # RGBA: half-transparent red on white
+        (Image.new("RGBA", (8, 6), (255, 0, 0, 128)), np.tile([255, 127, 127], (6, 8, 1))),
+        (Image.new("PA", (8, 6)), np.full((6, 8, 3), 255)),
+    ],
+)
+def test_disagreeing_cases_convert_once_for_both_pipelines(image, expected):
+    rgb = to_rgb_image(image)
+    assert np.array_equal(np.asarray(rgb), expected)
+    direct = _both_pipelines(Image.fromarray(np.asarray(expected, dtype=np.uint8)))
+    for got, want in zip(_both_pipelines(image), direct):
+        assert torch.equal(got, want)

@@ -87,3 +87,25 @@ def test_preservation_loss_is_relative_and_skips_frozen_outputs():
     loss = preservation_loss(moved, ref).item()
     assert loss == pytest.approx(2 * 0.01, rel=1e-4)  # each output: (0.1 x)^2 / x^2
     assert preservation_loss(tuple(None if t is None else 10 * t for t in moved), tuple(None if t is None else 10 * t for t in ref)).item() == pytest.approx(loss, rel=1e-4)
+
+
+def test_training_images_convert_as_at_inference(tmp_path):
+    """An RGBA training image reaches the encoders exactly as the same file does at inference."""
+    import numpy as np
+    from PIL import Image
+
+    from chatrex.image_processing_chatrex import ChatRexImageProcessor
+    from train.vision import RegionDataset
+
+    rgba = np.random.default_rng(0).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba).save(path)
+    box = {"box": [2, 3, 20, 15], "category": "circle"}
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"image": str(path), "regions": [box]}) + "\n")
+    ip = ChatRexImageProcessor(low_size=28, high_size=64)
+    item = RegionDataset([str(records)], ip, LabelSpace([{"regions": [box]}]), grid=2)[0]
+    low, high, _ = ip.preprocess(Image.open(path))  # what ChatRexPredictor.set_image does with a PIL image
+    assert torch.equal(item["low"], low) and torch.equal(item["high"], high)
+    flattened, _, _ = ip.preprocess(Image.open(path).convert("RGB"))  # the former training path dropped alpha
+    assert not torch.equal(item["high"], flattened)

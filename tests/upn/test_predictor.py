@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from upn import Proposals, UPNModel, UPNPredictor
-from upn.image_processing import resized_size, to_rgb_pil
+from upn.image_processing import resized_size, to_rgb_image
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_bad_inputs(predictor):
     with pytest.raises(ValueError, match="0x5"):
         predictor.predict(np.zeros((5, 0, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="zero size"):
-        to_rgb_pil(Image.new("RGB", (0, 4)))
+        to_rgb_image(Image.new("RGB", (0, 4)))
     with pytest.raises(ValueError, match="prompt_type"):
         predictor.predict(_images()["RGB"], prompt_type="medium")
     with pytest.raises(ValueError, match="numpy image"):
@@ -70,7 +70,7 @@ def test_bad_inputs(predictor):
 
 def test_i16_is_rescaled_not_clipped():
     img = Image.fromarray(np.full((4, 4), 65535 // 2, dtype=np.uint16))
-    assert 120 <= np.asarray(to_rgb_pil(img))[0, 0, 0] <= 135
+    assert 120 <= np.asarray(to_rgb_image(img))[0, 0, 0] <= 135
 
 
 def test_resize_rule():

@@ -118,7 +118,8 @@ class OracleFeaturePredictor(ChatRexPredictor):
     :meth:`use_records` (images are recognised by their pixels)."""
 
     def use_records(self, records: list[dict], parent: bool = False) -> None:
-        from chatrex.image_processing_chatrex import load_image, to_rgb_image
+        from chatrex.image_processing_chatrex import load_image
+        from upn.image_processing import to_rgb_image
 
         self.oracle = OracleFeatures(self.model.config, self.processor.image_processor, parent=parent)
         self._by_pixels = {hashlib.sha1(to_rgb_image(load_image(r["image"])).tobytes()).hexdigest(): r for r in records}

@@ -13,7 +13,6 @@ import importlib
 
 _EXPORTS = {
     "ChatRexPredictor": "predictor",
-    "Answer": "predictor",
     "Detection": "predictor",
     "InputTooLongError": "predictor",
     "ChatRexConfig": "configuration_chatrex",
@@ -24,7 +23,7 @@ _EXPORTS = {
     "ChatRexProcessor": "processing_chatrex",
     "ChatRexImageProcessor": "image_processing_chatrex",
     "GroundedSpan": "text.answer",
-    "ParsedAnswer": "text.answer",
+    "Answer": "text.answer",
     "parse_answer": "text.answer",
     "PRESETS": "presets",
     "get_preset_config": "presets",

@@ -31,10 +31,11 @@ from .prompt_cache import (
     left_padded_inputs,
     prefix_length,
 )
-from .results import Answer, Detection, history_messages
+from .results import Detection, history_messages
 from .streaming import StopWhenSet, TokenQueue
 from .text import prompts as prompt_templates
-from .text.answer import ParsedAnswer, parse_answer
+from .text.answer import Answer, parse_answer
+from .text.markup import format_object
 from .utils.devices import resolve_device_dtype
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -340,7 +341,7 @@ class ChatRexPredictor:
         """The task prompts and answer rules of this model's family."""
         return self.processor.prompts
 
-    def _parse(self, raw: str, boxes) -> ParsedAnswer:
+    def _parse(self, raw: str, boxes) -> Answer:
         return parse_answer(raw, boxes, rules=self.prompts.answer_rules)
 
     def _question(self, question: str, grounded: bool) -> str:
@@ -349,8 +350,9 @@ class ChatRexPredictor:
         return (self.prompts.grounded_prefix if grounded else "") + question.strip()
 
     def _answer(self, raw: str, prompt: _Prompt) -> Answer:
-        parsed = self._parse(raw, prompt.cache.boxes.tolist())
-        return Answer(parsed.text, raw, parsed.spans, parsed.num_invalid_indices, prompt.history_turns)
+        answer = self._parse(raw, prompt.cache.boxes.tolist())
+        answer.history_turns = prompt.history_turns
+        return answer
 
     def ask(self, question: str, max_new_tokens: int | None = None, grounded: bool = False, history=None) -> Answer:
         """Free-form question about the current image; grounded phrases come back with boxes.
@@ -501,7 +503,7 @@ class ChatRexPredictor:
                 raise ValueError(f"box index {index!r} out of range: the image has {len(cache.boxes)} boxes")
             if lvl not in DESCRIBE_LEVELS:
                 raise ValueError(f"level must be one of {DESCRIBE_LEVELS}, got {lvl!r}")
-            questions.append(self.prompts.region[lvl].format(obj=f"<obj{int(index)}>"))
+            questions.append(self.prompts.region[lvl].format(obj=format_object(int(index))))
         prompts = [self._prompt(q) for q in questions]
         raws = self._run_chunks(prompts, batch_size)
         return [self._parse(raw, None).text.strip() for raw in raws]
@@ -531,5 +533,5 @@ class ChatRexPredictor:
                     extra = self.model.get_object_features(cache.features.high_res_features, [normalized.to(self.device)])[0]
                 objects = [torch.cat([cache.object_features[0], extra])]
                 index, k = len(cache.boxes), len(cache.boxes) + 1
-        question = self.prompts.region[level].format(obj=f"<obj{index}>")
+        question = self.prompts.region[level].format(obj=format_object(index))
         return self._parse(self._generate(question, objects, k), None).text.strip()

@@ -1,28 +1,12 @@
-"""What :class:`chatrex.predictor.ChatRexPredictor` returns: typed answers and detections
-(pixel xyxy boxes of the original image), and the history of earlier turns it accepts."""
+"""What :class:`chatrex.predictor.ChatRexPredictor` returns besides answers (which are
+:class:`chatrex.text.answer.Answer`): detections (pixel xyxy boxes of the original image), and
+the history of earlier turns it accepts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .text.answer import GroundedSpan, ParsedAnswer
-
-
-@dataclass
-class Answer:
-    """A parsed answer. ``spans`` carry pixel xyxy boxes of the original image.
-    ``history_turns``: how many earlier turns of the ``history`` passed to :meth:`ChatRexPredictor.ask`
-    were in the prompt (the oldest go first when the context is full)."""
-
-    text: str
-    raw: str
-    spans: list[GroundedSpan] = field(default_factory=list)
-    num_invalid_indices: int = 0
-    history_turns: int = 0
-
-    @property
-    def boxes(self) -> list[list[float]]:
-        return ParsedAnswer(self.text, self.spans).boxes
+from .text.answer import Answer
 
 
 def history_messages(history) -> list[tuple[dict, dict]]:

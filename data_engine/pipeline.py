@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import traceback
 
-from chatrex.text.special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
+from chatrex.text.markup import format_span
 
 from .backends.registry import build_backend
 from .config import EngineConfig
@@ -76,8 +76,7 @@ def grounded_caption(caption: str, phrases: list[dict], region_phrase: list[int]
     out, cursor = [], 0
     for p in sorted(boxes_of, key=lambda k: phrases[k]["start"]):
         start, end = phrases[p]["start"], phrases[p]["end"]
-        objs = "".join(f"<obj{i}>" for i in boxes_of[p])
-        out.append(caption[cursor:start] + f"{GROUND_START}{caption[start:end]}{GROUND_END}{OBJECTS_START}{objs}{OBJECTS_END}")
+        out.append(caption[cursor:start] + format_span(caption[start:end], boxes_of[p]))
         cursor = end
     return "".join(out) + caption[cursor:]
 

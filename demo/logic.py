@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from chatrex.image_processing_chatrex import load_image
 from chatrex.predictor import InputTooLongError
 from chatrex.text import prompts
+from chatrex.text.markup import format_object
 from chatrex.visualize import PALETTE, draw_boxes, text_color_for
 from upn.image_processing import to_rgb_image
 
@@ -286,7 +287,7 @@ class DemoLogic:
                 return message(hint, rgb, notice)
             box = self.predictor.boxes[index].tolist()
         label = f"box {index}"
-        turn = (self.predictor.prompts.region[level].format(obj=f"<obj{index}>"), text)  # describe()'s own prompt
+        turn = (self.predictor.prompts.region[level].format(obj=format_object(index)), text)  # describe()'s own prompt
         return Reply(text, [(text, label)], {label: hex_color(0)}, draw_boxes(rgb, [box], [label], [PALETTE[0]]), notice, turn)
 
     def grounded_caption(self, image, history=None) -> Reply:

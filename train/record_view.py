@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-_OBJ = re.compile(r"<obj(\d+)>")
+from chatrex.text.markup import object_indices, renumber_objects
+
 # A proposal whose area lies at least this much inside a crowd region is dropped, COCOeval's
 # criterion (intersection over the detection's area) at IoU 0.5.
 CROWD_IOA = 0.5
@@ -27,11 +26,12 @@ def is_text_only(record: dict) -> bool:
 
 
 def _refers_to(text, dropped: set[int]) -> bool:
-    return isinstance(text, str) and any(int(n) in dropped for n in _OBJ.findall(text))
+    return isinstance(text, str) and any(n in dropped for n in object_indices(text))
 
 
 def _renumber(text: str, new_index: list[int | None]) -> str:
-    return _OBJ.sub(lambda m: f"<obj{new_index[int(m.group(1))]}>" if int(m.group(1)) < len(new_index) else m.group(0), text)
+    # An index past the record's regions has no new number, so it keeps the one it has.
+    return renumber_objects(text, lambda n: new_index[n] if n < len(new_index) else None)
 
 
 def without_crowd(record: dict) -> tuple[dict, list[list]]:

@@ -9,13 +9,13 @@ not support the task.
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import numpy as np
 
 from chatrex.text import prompts
-from chatrex.text.special_tokens import GROUND_END, GROUND_START, IMAGE_TOKEN, OBJECTS_END, OBJECTS_START, OBJFEAT_TOKEN
+from chatrex.text.markup import format_object, format_objects, format_span, renumber_objects, rewrite_object_lists
+from chatrex.text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN
 
 TASKS = ("detection", "region", "grounded_caption", "caption", "conversation")
 
@@ -27,9 +27,6 @@ NEGATIVE_SHARE = 0.25
 # Parts outnumber wholes about 4 to 1, which left whole objects named worse than parts.
 COARSE_REGION_SHARE = 0.5
 
-_OBJ = re.compile(r"<obj(\d+)>")
-_OBJECTS = re.compile(re.escape(OBJECTS_START) + r"((?:<obj\d+>)*)" + re.escape(OBJECTS_END))
-
 
 class BadSample(ValueError):
     """A record that cannot produce a valid sample (missing image, index out of range, ...)."""
@@ -37,8 +34,7 @@ class BadSample(ValueError):
 
 def grounded_answer(phrase: str, indices: list[int]) -> str:
     """``<ground>phrase</ground><objects><obj3><obj7></objects>``; an empty list names no box."""
-    objs = "".join(f"<obj{i}>" for i in sorted(indices))
-    return f"{GROUND_START}{phrase}{GROUND_END}{OBJECTS_START}{objs}{OBJECTS_END}"
+    return format_span(phrase, sorted(indices))
 
 
 def remap_indices(text: str, region_to_index: list[int | None]) -> str:
@@ -47,16 +43,15 @@ def remap_indices(text: str, region_to_index: list[int | None]) -> str:
     Raises :class:`BadSample` if N is out of range or its box was capped away.
     """
 
-    def sub(match: re.Match) -> str:
-        n = int(match.group(1))
+    def new_index(n: int) -> int:
         if n >= len(region_to_index):
-            raise BadSample(f"answer refers to <obj{n}> but the record has {len(region_to_index)} regions")
+            raise BadSample(f"answer refers to {format_object(n)} but the record has {len(region_to_index)} regions")
         target = region_to_index[n]
         if target is None:
             raise BadSample(f"region {n} is not in the capped box list")
-        return f"<obj{target}>"
+        return target
 
-    return _OBJ.sub(sub, text)
+    return renumber_objects(text, new_index)
 
 
 def order_objects(text: str, boxes) -> str:
@@ -72,11 +67,7 @@ def order_objects(text: str, boxes) -> str:
         b = boxes[i]
         return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, i)
 
-    def sub(match: re.Match) -> str:
-        indices = [int(n) for n in _OBJ.findall(match.group(1))]
-        return OBJECTS_START + "".join(f"<obj{i}>" for i in sorted(indices, key=key)) + OBJECTS_END
-
-    return _OBJECTS.sub(sub, text)
+    return rewrite_object_lists(text, lambda indices: format_objects(sorted(indices, key=key)))
 
 
 def _pick(rng: np.random.Generator, options):
@@ -149,7 +140,7 @@ def build_region(record: dict, region_to_index: list[int | None], rng: np.random
     if coarse and fine:
         candidates = coarse if rng.random() < COARSE_REGION_SHARE else fine
     i, field = candidates[int(rng.integers(len(candidates)))]
-    question = _pick(rng, prompts.REGION[field]).format(obj=f"<obj{region_to_index[i]}>")
+    question = _pick(rng, prompts.REGION[field]).format(obj=format_object(region_to_index[i]))
     return [{"role": "user", "content": question}, {"role": "assistant", "content": str(regions[i][field])}]
 
 

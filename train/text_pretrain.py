@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from chatrex.processing_chatrex import IGNORE_INDEX
+from chatrex.text.markup import format_object
 from chatrex.utils.jsonl import JsonlRecords
 
 from .answer_metrics import index_accuracy
@@ -52,7 +53,7 @@ def lookup_turns(slots: list[str], rng: np.random.Generator, pairs: int = 6) -> 
     before the real format's two-hop one (phrase, ``</ground><objects>``, index), and the
     lookup heads it grows are what the real format needs (docs/training.md)."""
     picks = rng.permutation(len(slots))[:pairs]
-    return [{"role": "user", "content": LOOKUP_QUESTION}, {"role": "assistant", "content": " ".join(f"{slots[k]}<obj{k}>" for k in picks)}]
+    return [{"role": "user", "content": LOOKUP_QUESTION}, {"role": "assistant", "content": " ".join(slots[k] + format_object(k) for k in picks)}]
 
 
 def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: int = 100, lookup: float = 0.0) -> tuple[list[str], list[dict]] | None:

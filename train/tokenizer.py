@@ -10,15 +10,13 @@ answers. The ChatRex special tokens and ChatML tokens are added on top.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Iterator
 
 from chatrex.text import prompts
+from chatrex.text.markup import MARKUP
 from chatrex.text.tokenizer_training import train_bpe_tokenizer
 from chatrex.utils.jsonl import JsonlRecords
-
-_MARKUP = re.compile(r"</?ground>|</?objects>|<obj\d+>")
 
 
 def record_texts(records: JsonlRecords) -> Iterator[str]:
@@ -26,7 +24,7 @@ def record_texts(records: JsonlRecords) -> Iterator[str]:
         rec = records.raw(i)
         for key in ("caption", "grounded_caption"):
             if rec.get(key):
-                yield _MARKUP.sub(" ", rec[key])
+                yield MARKUP.sub(" ", rec[key])
         for region in rec.get("regions") or []:
             for key in ("category", "phrase", "description", "referring"):
                 if region.get(key):
@@ -34,7 +32,7 @@ def record_texts(records: JsonlRecords) -> Iterator[str]:
         for q in rec.get("queries") or []:
             yield str(q.get("text", ""))
         for turn in rec.get("conversations") or []:
-            yield _MARKUP.sub(" ", str(turn.get("value", "")))
+            yield MARKUP.sub(" ", str(turn.get("value", "")))
 
 
 def template_texts() -> Iterator[str]:

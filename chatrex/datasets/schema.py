@@ -27,13 +27,12 @@ Errors are ``ValueError`` whose message starts with the offending field path, e.
 from __future__ import annotations
 
 import math
-import re
+
+from ..text.markup import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START, SPAN, format_object, object_indices
 
 GRANULARITIES = ("coarse", "fine")
 ROLES = ("human", "gpt", "system")
 QUERY_TYPES = ("category", "phrase", "referring")
-_OBJ_RE = re.compile(r"<obj(\d+)>")
-_SPAN_RE = re.compile(r"<ground>(.*?)</ground>\s*<objects>((?:<obj\d+>)*)</objects>", re.S)
 BOX_SLACK = 1.0
 
 
@@ -58,15 +57,15 @@ def _check_str(rec: dict, key: str, path: str, nonempty: bool = True) -> None:
 
 def _check_grounded_text(text: str, path: str, n_regions: int | None) -> None:
     """Balanced ``<ground>…</ground><objects>…</objects>`` spans and in-range indices."""
-    for tag in ("ground", "objects"):
-        if text.count(f"<{tag}>") != text.count(f"</{tag}>"):
-            _fail(path, f"unbalanced <{tag}> tags in {text!r}")
-    if text.count("<ground>") != len(_SPAN_RE.findall(text)):
-        _fail(path, f"every <ground>…</ground> must be followed by <objects>…</objects>: {text!r}")
+    for start, end in ((GROUND_START, GROUND_END), (OBJECTS_START, OBJECTS_END)):
+        if text.count(start) != text.count(end):
+            _fail(path, f"unbalanced {start} tags in {text!r}")
+    if text.count(GROUND_START) != len(SPAN.findall(text)):
+        _fail(path, f"every {GROUND_START}…{GROUND_END} must be followed by {OBJECTS_START}…{OBJECTS_END}: {text!r}")
     if n_regions is not None:
-        for m in _OBJ_RE.finditer(text):
-            if int(m.group(1)) >= n_regions:
-                _fail(path, f"<obj{m.group(1)}> but only {n_regions} regions")
+        for n in object_indices(text):
+            if n >= n_regions:
+                _fail(path, f"{format_object(n)} but only {n_regions} regions")
 
 
 def _check_region(r, i: int, width, height, regions: list) -> None:

@@ -1,35 +1,17 @@
 """Parse model answers that refer to boxes by index.
 
-The model writes ``<ground>two red cars</ground><objects><obj3><obj7></objects>`` anywhere in
-free text. :func:`parse_answer` turns that into plain text plus typed spans. It never raises
-on malformed model output: unknown tags are left as text, unclosed groups are dropped, and
+The model writes the markup of :mod:`chatrex.text.markup`,
+``<ground>two red cars</ground><objects><obj3><obj7></objects>``, anywhere in free text.
+:func:`parse_answer` turns that into plain text plus typed spans. It never raises on
+malformed model output: unknown tags are left as text, unclosed groups are dropped, and
 indices that point past the box list are dropped and counted.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from .special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
-
-# One grounded group: a phrase, then (optionally separated by whitespace) an <objects> list.
-# The phrase may not contain another <ground>, so a dangling opener does not swallow the next group.
-_GROUP = re.compile(
-    re.escape(GROUND_START)
-    + r"((?:(?!" + re.escape(GROUND_START) + r").)*?)"
-    + re.escape(GROUND_END)
-    + r"\s*"
-    + re.escape(OBJECTS_START)
-    + r"(.*?)"
-    + re.escape(OBJECTS_END),
-    re.DOTALL,
-)
-_OBJ = re.compile(r"<obj([0-9]{1,3})>")
-# Markup left outside a well-formed group (unclosed tags, stray <objN>) carries no grounding.
-_LEFTOVER = re.compile(
-    "|".join(re.escape(t) for t in (GROUND_START, GROUND_END, OBJECTS_START, OBJECTS_END)) + r"|<obj[0-9]{1,3}>"
-)
+from .markup import MODEL_MARKUP, MODEL_OBJECT, MODEL_SPAN
 
 
 @dataclass
@@ -38,7 +20,7 @@ class GroundedSpan:
 
     Attributes:
         phrase: the phrase text as written between ``<ground>`` and ``</ground>``.
-        start, end: character offsets of ``phrase`` in :attr:`ParsedAnswer.text`.
+        start, end: character offsets of ``phrase`` in :attr:`Answer.text`.
         indices: valid box indices, in the order written, duplicates removed.
         boxes: the boxes at ``indices`` (whatever format the caller passed, usually pixel xyxy).
     """
@@ -51,14 +33,18 @@ class GroundedSpan:
 
 
 @dataclass
-class ParsedAnswer:
+class Answer:
     """A parsed answer: plain text with the markup removed, its grounded spans, and the count
-    of indices dropped because they were out of range or unparsable."""
+    of indices dropped because they were out of range or unparsable. ``raw`` is the text as
+    the model wrote it. ``history_turns``: how many earlier turns of the ``history`` passed to
+    :meth:`chatrex.predictor.ChatRexPredictor.ask` were in the prompt (the oldest go first when
+    the context is full); 0 outside the predictor."""
 
     text: str
+    raw: str = ""
     spans: list[GroundedSpan] = field(default_factory=list)
     num_invalid_indices: int = 0
-    raw: str = ""
+    history_turns: int = 0
 
     @property
     def boxes(self) -> list[list[float]]:
@@ -90,7 +76,7 @@ def _as_list(boxes) -> list:
 ANSWER_RULES = ("chatrex", "official")
 
 
-def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> ParsedAnswer:
+def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> Answer:
     """Split ``text`` into plain text and grounded spans.
 
     Args:
@@ -102,7 +88,7 @@ def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> ParsedAnswer:
             all used by earlier groups, gives no span (its phrase stays in the text).
 
     Returns:
-        :class:`ParsedAnswer`. Never raises for any ``text`` (an unknown ``rules`` is a
+        :class:`Answer`. Never raises for any ``text`` (an unknown ``rules`` is a
         caller's error and raises ``ValueError``).
     """
     if rules not in ANSWER_RULES:
@@ -116,16 +102,16 @@ def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> ParsedAnswer:
     invalid = 0
     cursor = 0
     length = 0
-    for match in _GROUP.finditer(text):
-        before = _LEFTOVER.sub("", text[cursor : match.start()])
+    for match in MODEL_SPAN.finditer(text):
+        before = MODEL_MARKUP.sub("", text[cursor : match.start()])
         out_parts.append(before)
         length += len(before)
-        phrase = _LEFTOVER.sub("", match.group(1)).strip()
+        phrase = MODEL_MARKUP.sub("", match.group(1)).strip()
         indices: list[int] = []
         inner = match.group(2)
-        tokens = _OBJ.findall(inner)
+        tokens = MODEL_OBJECT.findall(inner)
         # Anything in the list that is not an <objN> token counts as one invalid entry.
-        junk = _OBJ.sub("", inner).strip()
+        junk = MODEL_OBJECT.sub("", inner).strip()
         invalid += 1 if junk else 0
         for tok in tokens:
             idx = int(tok)
@@ -142,5 +128,5 @@ def parse_answer(text: str, boxes=None, rules: str = "chatrex") -> ParsedAnswer:
         out_parts.append(phrase)
         length += len(phrase)
         cursor = match.end()
-    out_parts.append(_LEFTOVER.sub("", text[cursor:]))
-    return ParsedAnswer(text="".join(out_parts), spans=spans, num_invalid_indices=invalid, raw=text)
+    out_parts.append(MODEL_MARKUP.sub("", text[cursor:]))
+    return Answer(text="".join(out_parts), raw=text, spans=spans, num_invalid_indices=invalid)

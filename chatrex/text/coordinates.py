@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 
-from .special_tokens import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START
+from .markup import OBJECT, OBJECTS_END, OBJECTS_START, rewrite_object_lists, span_regex
 
 BINS = 1000
-_OBJ = re.compile(r"<obj(\d+)>")
-_GROUP = re.compile(re.escape(OBJECTS_START) + r"((?:<obj\d+>)*)" + re.escape(OBJECTS_END))
 _BOX = re.compile(r"\((\d{1,4}),(\d{1,4})\),\((\d{1,4}),(\d{1,4})\)")
-_SPAN = re.compile(re.escape(GROUND_START) + r"(.*?)" + re.escape(GROUND_END) + r"\s*" + re.escape(OBJECTS_START) + r"(.*?)" + re.escape(OBJECTS_END), re.S)
+# The index grammar's span with boxes, not <objN> tokens, in its list.
+_SPAN = span_regex(r"(.*?)")
 
 
 def quantize(box, width: float, height: float, bins: int = BINS) -> str:
@@ -45,8 +44,8 @@ def to_coordinate_conversation(conversation: list[dict], boxes, width: float, he
 
     out = []
     for turn in conversation:
-        text = _GROUP.sub(lambda m: OBJECTS_START + "".join(coords(int(i)) for i in _OBJ.findall(m.group(1))) + OBJECTS_END, turn["content"])
-        text = _OBJ.sub(lambda m: f"the region {coords(int(m.group(1)))}", text)
+        text = rewrite_object_lists(turn["content"], lambda indices: OBJECTS_START + "".join(coords(i) for i in indices) + OBJECTS_END)
+        text = OBJECT.sub(lambda m: f"the region {coords(int(m.group(1)))}", text)
         out.append({**turn, "content": text})
     return out
 

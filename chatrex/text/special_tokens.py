@@ -3,29 +3,28 @@
 Object ``i`` in a prompt is written ``<obj{i}><objfeat>``: the ``<obj{i}>`` token names the
 index, and the ``<objfeat>`` placeholder is replaced by that box's feature inside the model.
 The image is written ``<image>``, which the processor expands into one placeholder per visual
-token. Answers refer to objects as ``<ground>phrase</ground><objects><obj3><obj7></objects>``.
+token. Answers refer to objects in the markup of :mod:`chatrex.text.markup`, whose tags are
+registered here.
 """
 
 from __future__ import annotations
+
+from .markup import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START, format_object
 
 MAX_OBJECTS = 100
 
 IMAGE_TOKEN = "<image>"
 OBJFEAT_TOKEN = "<objfeat>"
-GROUND_START = "<ground>"
-GROUND_END = "</ground>"
-OBJECTS_START = "<objects>"
-OBJECTS_END = "</objects>"
 
 
 def object_token(index: int) -> str:
-    """The index token of box ``index`` (``0 <= index < MAX_OBJECTS``)."""
+    """The vocabulary token of box ``index``; the vocabulary holds ``MAX_OBJECTS`` of them."""
     if not 0 <= index < MAX_OBJECTS:
         raise ValueError(f"object index {index} is outside [0, {MAX_OBJECTS})")
-    return f"<obj{index}>"
+    return format_object(index)
 
 
-OBJECT_TOKENS = [f"<obj{i}>" for i in range(MAX_OBJECTS)]
+OBJECT_TOKENS = [format_object(i) for i in range(MAX_OBJECTS)]
 
 # Order matters: ids are appended in this order, so <obj0>..<obj99> get consecutive ids.
 SPECIAL_TOKENS: list[str] = OBJECT_TOKENS + [

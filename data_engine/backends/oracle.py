@@ -20,13 +20,12 @@ import torch
 from torchvision.ops import box_iou
 
 from chatrex.image_processing_chatrex import load_image
+from chatrex.text.markup import SPAN, object_indices
 from chatrex.utils.jsonl import read_jsonl
 
 from .base import GroundedBox, RegionText
 from .rules import COLOURS, singular
 
-_SPAN = re.compile(r"<ground>(.*?)</ground>\s*<objects>((?:<obj\d+>)*)</objects>")
-_OBJ = re.compile(r"<obj(\d+)>")
 _WORD = re.compile(r"[a-z][a-z-]*")
 
 
@@ -66,9 +65,9 @@ class OracleBackend:
         exact = [i for i, r in enumerate(regions) if r.get("referring", "").lower() == phrase.lower()]
         if exact:
             return exact
-        for text, objs in _SPAN.findall(rec.get("grounded_caption", "")):
+        for text, objs in SPAN.findall(rec.get("grounded_caption", "")):
             if text.strip().lower().removeprefix("the ").removeprefix("a ").removeprefix("an ") == phrase.lower().removeprefix("the "):
-                return [int(i) for i in _OBJ.findall(objs)]
+                return object_indices(objs)
         words = [singular(w) for w in _WORD.findall(phrase.lower())]
         if not words:
             return []

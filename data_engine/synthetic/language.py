@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chatrex.text.markup import format_span
+
 from .referring import Ref, landmark_ref, resolve
 from .relations import RELATIONS, relation_score
 from .scene import Scene, SceneObject
@@ -31,12 +33,6 @@ class RegionIndex:
 
     objects: list[int]  # object i -> region index
     parts: list[list[int]]  # object i -> region index of each of its region parts
-
-
-def ground(phrase: str, indices: list[int]) -> str:
-    """``<ground>phrase</ground><objects><obj1><obj4></objects>``."""
-    objs = "".join(f"<obj{i}>" for i in indices)
-    return f"<ground>{phrase}</ground><objects>{objs}</objects>"
 
 
 def _with_article(np_text: str) -> str:
@@ -141,7 +137,7 @@ def caption(scene: Scene, idx: RegionIndex, rng: np.random.Generator) -> tuple[s
             noun = f"{colors.pop()} {cat}" if len(colors) == 1 else cat
             text = _counted(len(members), noun)
         plain_bits.append(text)
-        grounded_bits.append(ground(text, [idx.objects[i] for i in members]))
+        grounded_bits.append(format_span(text, [idx.objects[i] for i in members]))
     where = "a photographic" if scene.background.kind == "photo" else "a plain"
     plain = f"A scene with {_join(plain_bits)} on {where} background."
     grounded = f"A scene with {_join(grounded_bits)} on {where} background."
@@ -150,7 +146,7 @@ def caption(scene: Scene, idx: RegionIndex, rng: np.random.Generator) -> tuple[s
         i, rel, j = pairs[int(rng.integers(len(pairs)))]
         a, b = landmark_ref(i, scene.objects), landmark_ref(j, scene.objects)
         plain += f" {_cap(a.text())} is {rel} {b.text()}."
-        grounded += f" {ground(_cap(a.text()), [idx.objects[i]])} is {rel} {ground(b.text(), [idx.objects[j]])}."
+        grounded += f" {format_span(_cap(a.text()), [idx.objects[i]])} is {rel} {format_span(b.text(), [idx.objects[j]])}."
     return plain, grounded
 
 
@@ -184,7 +180,7 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
         a = f"There are no {plural(noun)}."
     else:
         verb = "is" if len(hits) == 1 else "are"
-        a = f"There {verb} {ground(_counted(len(hits), noun), hits)}."
+        a = f"There {verb} {format_span(_counted(len(hits), noun), hits)}."
     turns.append((q, a))
 
     # Colour of one object, asked with an expression that does not give the colour away.
@@ -193,21 +189,21 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
         i = choices[int(rng.integers(len(choices)))]
         ref = color_refs[i]
         turns.append((f"What colour is {ref.text()}?",
-                      f"{ground(_cap(ref.text()), [idx.objects[i]])} is {objs[i].color}."))
+                      f"{format_span(_cap(ref.text()), [idx.objects[i]])} is {objs[i].color}."))
 
     # Position: image area, plus a relation to another object when one clearly holds.
     i = int(rng.integers(len(objs)))
     ref = refs[i]
-    a = f"{ground(_cap(ref.text()), [idx.objects[i]])} is {_image_area(objs[i], scene)}."
+    a = f"{format_span(_cap(ref.text()), [idx.objects[i]])} is {_image_area(objs[i], scene)}."
     rels = [(rel, j) for (k, rel, j) in _clear_pairs(scene) if k == i]
     if rels:
         rel, j = rels[int(rng.integers(len(rels)))]
         lref = landmark_ref(j, objs)
-        a += f" It is {rel} {ground(lref.text(), [idx.objects[j]])}."
+        a += f" It is {rel} {format_span(lref.text(), [idx.objects[j]])}."
     # A follow-up whose "it" means the object of the answer just given, so that a model learns to
     # read earlier turns (multi-turn chat keeps box indices valid for one image). It is drawn
     # without the random stream, so every other field of every scene stays as it was.
-    follow_up = ("What colour is it?", f"{ground('It', [idx.objects[i]])} is {objs[i].color}.")
+    follow_up = ("What colour is it?", f"{format_span('It', [idx.objects[i]])} is {objs[i].color}.")
     turns.append([(f"Where is {ref.text()}?", a), follow_up])
 
     # Existence of a (colour, category) pair: present or absent.
@@ -220,7 +216,7 @@ def conversations(scene: Scene, idx: RegionIndex, refs: list[Ref], color_refs: l
     q = f"Is there {_with_article(f'{color} {cat}')} in the image?"
     if hits:
         noun = f"{color} {cat}"
-        a = f"Yes, there {'is' if len(hits) == 1 else 'are'} {ground(_counted(len(hits), noun), hits)}."
+        a = f"Yes, there {'is' if len(hits) == 1 else 'are'} {format_span(_counted(len(hits), noun), hits)}."
     else:
         a = f"No, there is no {color} {cat}."
     turns.append((q, a))

@@ -19,6 +19,8 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from chatrex.utils.atomic import atomic_write
+
 PER_IMAGE = {"detection": 4, "referring": 3, "region": 5, "grounded_caption": None, "proposals": None}
 
 
@@ -54,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             model, data, task, metrics = future.result()
             results.setdefault(model, {}).setdefault(os.path.basename(data.rstrip("/")), {})[task] = metrics
             print(f"{model} {data} {task}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
-            tmp = args.out + ".tmp"
-            with open(tmp, "w") as f:
+            with atomic_write(args.out) as f:  # partial results survive a timeout
                 json.dump(results, f, indent=2)
-            os.replace(tmp, args.out)  # partial results survive a timeout
     return 0
 
 

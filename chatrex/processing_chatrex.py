@@ -22,6 +22,7 @@ from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta
 from .text.chat_template import CHATML_TEMPLATE, normalize_messages
 from .text.prompts import prompt_set
 from .text.special_tokens import IMAGE_TOKEN, OBJFEAT_TOKEN, add_special_tokens, object_token
+from .utils.atomic import atomic_write
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100
@@ -80,10 +81,8 @@ class ChatRexProcessor:
             "prompt_style": self.prompts.name,
             "proposals": self.proposals,
         }
-        tmp = os.path.join(save_directory, PROCESSOR_CONFIG_NAME + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(os.path.join(save_directory, PROCESSOR_CONFIG_NAME)) as f:
             json.dump(payload, f, indent=2)
-        os.replace(tmp, os.path.join(save_directory, PROCESSOR_CONFIG_NAME))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "ChatRexProcessor":

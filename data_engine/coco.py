@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from chatrex.utils.atomic import atomic_write
 from chatrex.utils.jsonl import read_jsonl
 
 
@@ -43,13 +44,6 @@ def records_to_coco(records_path: str) -> dict[str, dict]:
     return out
 
 
-def _write_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_engine.coco", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("records", help="records.jsonl")
@@ -62,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     for g, data in records_to_coco(args.records).items():
         path = os.path.join(out_dir, f"coco_{g}.json")
-        _write_atomic(path, data)
+        with atomic_write(path) as f:
+            json.dump(data, f)
         print(f"{path}: {len(data['images'])} images, {len(data['annotations'])} {g} boxes, {len(data['categories'])} categories")
     return 0
 

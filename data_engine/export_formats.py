@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
+from chatrex.utils.atomic import atomic_write
 from chatrex.utils.jsonl import read_jsonl
-from data_engine.coco import _write_atomic
 
 CATEGORY_ID_STEP = 10
 
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.dirname(os.path.abspath(args.records))
     os.makedirs(out, exist_ok=True)
     coco, mdetr = export(args.records, args.limit)
-    _write_atomic(os.path.join(out, "instances.json"), coco)
-    _write_atomic(os.path.join(out, "refexp_mdetr.json"), mdetr)
+    for name, data in (("instances.json", coco), ("refexp_mdetr.json", mdetr)):
+        with atomic_write(os.path.join(out, name)) as f:
+            json.dump(data, f)
     print(f"{out}/instances.json: {len(coco['images'])} images, {len(coco['annotations'])} boxes, {len(coco['categories'])} categories")
     print(f"{out}/refexp_mdetr.json: {len(mdetr['images'])} sentences")
     return 0

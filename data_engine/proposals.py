@@ -24,6 +24,7 @@ import sys
 
 from tqdm.auto import tqdm
 
+from chatrex.utils.atomic import atomic_write
 from chatrex.utils.jsonl import read_jsonl
 
 DEFAULT_BATCH_SIZE = {"cpu": 1, "accelerator": 8}
@@ -130,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         records = records[: args.limit]
     records = records[shard::shards]
-    tmp = args.out + ".tmp"
     window = args.batch_size * LOOKAHEAD
     try:
-        with open(tmp, "w") as out, tqdm(total=len(records), desc="proposals", unit="img") as bar:
+        with atomic_write(args.out) as out, tqdm(total=len(records), desc="proposals", unit="img") as bar:
             for start in range(0, len(records), window):
                 chunk = records[start : start + window]
                 images = [_load(root, rec, line, args.records) for line, rec in chunk]
@@ -144,14 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                         for b, s, g in zip(props.boxes.tolist(), props.scores.tolist(), props.granularity)]
                     out.write(json.dumps(rec) + "\n")
     except RecordError as err:
-        os.remove(tmp)
         print(f"error: {err}; nothing written to {args.out}", file=sys.stderr)
         return 1
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, args.out)
     print(f"wrote {len(records)} records with proposals to {args.out}")
     return 0
 

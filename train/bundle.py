@@ -19,27 +19,25 @@ import torch
 
 from chatrex import ChatRexForConditionalGeneration, ChatRexProcessor
 from chatrex.predictor import UPN_SUBDIR
+from chatrex.utils.atomic import replace_dir
 
 
 def bundle(chatrex_dir: str, upn_dir: str, out: str, fp16: bool = True) -> None:
     from upn import UPNModel
 
-    tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = ChatRexForConditionalGeneration.from_pretrained(chatrex_dir, dtype=torch.float32)
     if fp16:
         model = model.half()
-    model.save_pretrained(tmp)
-    ChatRexProcessor.from_pretrained(chatrex_dir).save_pretrained(tmp)
     upn = UPNModel.from_pretrained(upn_dir)
     if fp16:
         upn = upn.half()
-    upn.save_pretrained(os.path.join(tmp, UPN_SUBDIR))
-    card = os.path.join(out, "MODEL_CARD.md")
-    if os.path.isfile(card):  # keep the hand-written card across re-bundling
-        shutil.copy(card, os.path.join(tmp, "MODEL_CARD.md"))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with replace_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        ChatRexProcessor.from_pretrained(chatrex_dir).save_pretrained(tmp)
+        upn.save_pretrained(os.path.join(tmp, UPN_SUBDIR))
+        card = os.path.join(out, "MODEL_CARD.md")
+        if os.path.isfile(card):  # keep the hand-written card across re-bundling
+            shutil.copy(card, os.path.join(tmp, "MODEL_CARD.md"))
 
 
 def main(argv: list[str] | None = None) -> int:

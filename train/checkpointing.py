@@ -2,8 +2,8 @@
 
 A checkpoint is a directory ``checkpoint-{step:08d}`` holding accelerate's state (model,
 optimizer, scheduler, RNG; DeepSpeed engines included) and ``trainer_state.json``. It is
-written under a temporary name and renamed into place, so a crash mid-write never leaves a
-checkpoint that looks complete.
+written under a temporary name and renamed into place (``chatrex.utils.atomic.replace_dir``),
+so a crash mid-write never leaves a checkpoint that looks complete.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from chatrex.predictor import UPN_SUBDIR
+from chatrex.utils.atomic import replace_dir
 
 from .library_messages import expected_shared_tensors
 
@@ -53,20 +54,16 @@ def save_checkpoint(accelerator, output_dir: str, step: int, trainer_state: dict
     Must be called on every process (accelerate writes per-process RNG state).
     """
     final = checkpoint_dir(output_dir, step)
-    tmp = os.path.join(output_dir, f".tmp-checkpoint-{step:08d}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp, exist_ok=True)
-    accelerator.wait_for_everyone()
-    with expected_shared_tensors(tied):
-        accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
-            json.dump(trainer_state, f, indent=2)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    main = accelerator.is_main_process
+    with replace_dir(final, owner=main) as tmp:
+        accelerator.wait_for_everyone()  # the main process has created tmp
+        with expected_shared_tensors(tied):
+            accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if main:
+            with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
+                json.dump(trainer_state, f, indent=2)
+    if main:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -88,17 +85,20 @@ def copy_upn(upn: str | os.PathLike | None, model_dir: str | os.PathLike) -> Non
         shutil.copytree(upn, Path(model_dir) / UPN_SUBDIR, dirs_exist_ok=True)
 
 
-def save_pretrained_atomic(model, processor, path: str, upn: str | os.PathLike | None = None) -> str:
-    """``save_pretrained`` of model and processor into ``path`` via a temporary sibling folder
-    and a rename, so ``path`` is always either the previous complete folder or the new one.
-    ``upn``: a UPN folder copied to ``path/upn`` (``train.model_loading.upn_folder`` of the
-    model the run started from), so the saved folder proposes boxes as that model did."""
-    parent, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(parent, f".tmp-{name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    copy_upn(upn, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+def save_pretrained_into(folder: str, model, processor, upn: str | os.PathLike | None = None, state_dict: dict | None = None) -> None:
+    """``save_pretrained`` of model and processor into ``folder`` (not atomic: pass the folder
+    of a :func:`chatrex.utils.atomic.replace_dir` block). ``upn``: a UPN folder copied to
+    ``folder/upn`` (``train.model_loading.upn_folder`` of the model the run started from), so
+    the saved folder proposes boxes as that model did. ``state_dict``: the weights to save, when
+    they are not the model's own (e.g. gathered from a distributed model)."""
+    model.save_pretrained(folder, state_dict=state_dict)
+    processor.save_pretrained(folder)
+    copy_upn(upn, folder)
+
+
+def save_pretrained_atomic(model, processor, path: str, upn: str | os.PathLike | None = None, state_dict: dict | None = None) -> str:
+    """:func:`save_pretrained_into` a temporary sibling folder renamed onto ``path``, so ``path``
+    is always either the previous complete folder or the new one."""
+    with replace_dir(path) as tmp:
+        save_pretrained_into(tmp, model, processor, upn, state_dict)
     return path

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from chatrex.image_processing_chatrex import load_image
+from chatrex.utils.atomic import atomic_path, atomic_write
 from chatrex.utils.jsonl import JsonlRecords
 
 from .box_list import record_gt_boxes, record_proposals
@@ -122,9 +123,8 @@ def build_cache(records_path: str, model, processor, use_proposals: bool = True,
     shards = (n + shard_size - 1) // shard_size
 
     def write_index():
-        tmp_index = folder / (INDEX + ".tmp")
-        tmp_index.write_text(json.dumps(index))
-        os.replace(tmp_index, index_path)
+        with atomic_write(index_path) as f:
+            f.write(json.dumps(index))
 
     write_index()
     bar = tqdm(total=n, desc=f"encoding {Path(records_path).name}", disable=not progress, unit="img")
@@ -177,10 +177,9 @@ def build_cache(records_path: str, model, processor, use_proposals: bool = True,
             counts.append(len(pooled_rows[j]))
         offsets = torch.tensor(np.concatenate([[0], np.cumsum(counts)]), dtype=torch.int64)
         tensors = {"fused": torch.stack(fused_rows).contiguous(), "pooled": torch.cat(pooled_rows).contiguous(), "offsets": offsets}
-        tmp = folder / f".shard-{s:05d}.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
-        write_index()
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp)
+        write_index()  # after the shard: a shard counts only once the index lists it
     bar.close()
     return folder
 

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from chatrex.utils.atomic import atomic_write
+
 # Training runs before both evaluations: the predictor works under torch.inference_mode, and
 # chatrex.layers.object_pointer caches small index tensors across calls (functools.lru_cache), which a
 # later training step in the same process would then use under autograd and fail on.
@@ -140,9 +142,8 @@ class Recipe:
             raise RuntimeError(f"proposals shard {failed[0]} failed:\n" + "\n".join(tail))
         shards = [part.read_text().splitlines(keepends=True) for part in parts]
         lines = [shards[k % jobs][k // jobs] for k in range(sum(len(s) for s in shards))]
-        tmp = self.train_records.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(lines))
-        os.replace(tmp, self.train_records)
+        with atomic_write(self.train_records) as f:
+            f.write("".join(lines))
         for part in parts:
             part.unlink()
         print(f"wrote {len(lines)} records with proposals to {self.train_records}", flush=True)
@@ -174,9 +175,8 @@ class Recipe:
             print(table.format(), flush=True)
             results[task] = table.metrics
         self.out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"settings": self._eval_settings(model), "metrics": results}, indent=2))
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(json.dumps({"settings": self._eval_settings(model), "metrics": results}, indent=2))
 
     def train_overrides(self) -> list[str]:
         """``--set`` values on top of train/configs/finetune_tiny.yaml."""

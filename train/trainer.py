@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -28,10 +27,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from chatrex.processing_chatrex import IGNORE_INDEX
+from chatrex.utils.atomic import atomic_write
 from chatrex.utils.jsonl import JsonlRecords, read_jsonl
 
 from .answer_metrics import index_accuracy
-from .checkpointing import copy_upn, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
@@ -328,16 +328,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {rate:.2f} samples/s, {n_skipped} bad record(s) skipped")
 
     final = os.path.join(out, FINAL_DIR)
-    tmp = os.path.join(out, ".tmp-final")
     state_dict = accelerator.get_state_dict(model)
     digest = weights_digest(state_dict)  # before saving: save_pretrained empties the dict
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-        processor.save_pretrained(tmp)
-        copy_upn(upn, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        save_pretrained_atomic(accelerator.unwrap_model(model), processor, final, upn, state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(step, last_loss, eval_loss, rate, n_skipped, final, digest)
 
@@ -348,10 +342,8 @@ def _truncate_metrics(path: str, step: int) -> None:
     if not os.path.isfile(path):
         return
     rows = [row for row in read_jsonl(path) if row.get("step", 0) <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp, path)
 
 
 def weights_digest(state_dict: dict) -> str:

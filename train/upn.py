@@ -14,7 +14,7 @@ raises an error naming the file.
 
 Data order depends only on (seed, step), so ``--resume`` continues exactly:
 the checkpoint (model, optimizer, scheduler, RNG, step) is written to a temp
-file and moved into place with ``os.replace``.
+file and moved into place (``chatrex.utils.atomic``).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 from tqdm.auto import tqdm
 
+from chatrex.utils.atomic import atomic_path, replace_dir
 from upn import UPNModel, get_config
 from upn.image_processing import resize_normalize, resized_size, to_rgb_image
 
@@ -154,22 +155,6 @@ class StepBatchSampler:
                    for p in range(base, base + self.bs)]
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_model_atomic(model: UPNModel, directory: str) -> None:
-    """``save_pretrained`` into a temp folder, then move each file into place."""
-    tmp = f"{directory}.tmp.{os.getpid()}"
-    model.save_pretrained(tmp)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(tmp):
-        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-    os.rmdir(tmp)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train.upn",
@@ -286,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         if not accelerator.is_main_process:
             return
         raw = accelerator.unwrap_model(model)
-        atomic_torch_save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                           "step": step, "config": raw.config.to_dict()}, ckpt_path)
-        save_model_atomic(raw, os.path.join(args.output_dir, "model"))
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "step": step, "config": raw.config.to_dict()}, tmp)
+        with replace_dir(os.path.join(args.output_dir, "model")) as tmp:  # config and weights as one
+            raw.save_pretrained(tmp)
 
     model.train()
     step = start_step

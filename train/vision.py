@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -41,9 +40,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from chatrex.image_processing_chatrex import load_image
 from chatrex.processing_chatrex import IGNORE_INDEX
+from chatrex.utils.atomic import replace_dir
 from chatrex.utils.jsonl import JsonlRecords
 
-from .checkpointing import save_pretrained_atomic
+from .checkpointing import save_pretrained_atomic, save_pretrained_into
 
 ATTRIBUTES = ("color", "size", "pattern")
 BACKGROUND = "background"
@@ -193,12 +193,10 @@ def evaluate(model, heads, loader) -> dict[str, float]:
 
 def _save(model, processor, heads, optimizer, scheduler, step: int, out: str, name: str) -> None:
     """Write ``out/name`` atomically: model + processor (save_pretrained), heads and optimizer."""
-    tmp, final = os.path.join(out, f".tmp-{name}"), os.path.join(out, name)
-    save_pretrained_atomic(model, processor, tmp)
-    torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "rng": torch.get_rng_state()}, os.path.join(tmp, "vision_state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with replace_dir(os.path.join(out, name)) as tmp:
+        save_pretrained_into(tmp, model, processor)
+        torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "rng": torch.get_rng_state()}, os.path.join(tmp, "vision_state.pt"))
 
 
 def build_parser() -> argparse.ArgumentParser:

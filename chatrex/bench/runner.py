@@ -20,6 +20,7 @@ import time
 from tqdm.auto import tqdm
 
 from ..datasets.sink import write_json_atomic
+from ..utils.atomic import atomic_write
 from . import detection, rec
 from .protocol import DetectionProtocol, RecProtocol, as_dict
 from .store import PartWriter, done_keys, part_files, read_parts
@@ -190,11 +191,9 @@ PREDICTION_KEYS = ("id", "image_id", "box", "iou", "correct")
 
 def finalize_rec(sentences: list, protocol: RecProtocol, out_dir: str, seconds: float) -> dict:
     lines = _lines_in_order(out_dir, [str(s.sent_id) for s in sentences], "sentence")
-    tmp = os.path.join(out_dir, "predictions.jsonl.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(out_dir, "predictions.jsonl")) as f:
         for ln in lines:
             f.write(json.dumps({k: ln[k] for k in PREDICTION_KEYS}) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "predictions.jsonl"))
     metrics = rec.finalize(lines, protocol) | {"protocol": as_dict(protocol), "model": _stored_model(out_dir), "seconds": round(seconds, 1),
                                                "predict_seconds": _predict_seconds(lines)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)

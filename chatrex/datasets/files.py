@@ -8,6 +8,8 @@ import re
 
 from PIL import Image
 
+from chatrex.utils.atomic import atomic_write
+
 # COCO_train2014_000000000042.jpg, COCO_val2014_..., 000000000042.jpg (2017 names)
 _COCO_NAME_RE = re.compile(r"^(?:COCO_[a-z]+\d{4}_)?(\d{12})(?:_\d+)?\.(?:jpg|jpeg|png)$", re.I)
 
@@ -69,8 +71,6 @@ def write_once(path: str, data: bytes) -> bool:
     if os.path.exists(path):
         return False
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
     return True

@@ -32,6 +32,7 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
+from chatrex.utils.atomic import atomic_write
 from chatrex.utils.jsonl import read_jsonl
 
 from .sink import sidecar_path
@@ -210,19 +211,15 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--out {args.out!r} is the --train file; write the filtered records elsewhere")
     src_dir = os.path.dirname(os.path.abspath(args.train))
     dst_dir = os.path.dirname(os.path.abspath(args.out))
-    tmp = args.out + ".tmp"
     try:
         heldout = heldout_image_ids(args.exclude)
         os.makedirs(dst_dir, exist_ok=True)
         kept = filter_records(_records_only(read_jsonl(args.train, line_numbers=True), args.train), heldout)
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(args.out, encoding="utf-8") as f:
             for record in kept:
                 f.write(json.dumps(_rebase_image(record, src_dir, dst_dir), ensure_ascii=False) + "\n")
     except ValueError as err:  # a missing evaluation file, a malformed JSONL line (named)
-        if os.path.exists(tmp):
-            os.remove(tmp)
         return _error(str(err))
-    os.replace(tmp, args.out)
     # The category list (coco, lvis) belongs with the records wherever they go.
     categories = sidecar_path(args.train, "categories.json")
     if os.path.isfile(categories):

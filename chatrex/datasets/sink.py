@@ -1,6 +1,6 @@
 """Where every importer writes: validated records, bad-row accounting, atomic completion.
 
-Records go to ``OUT.tmp`` and are renamed onto ``OUT`` only when the whole source has been
+Records go to a temporary file beside ``OUT`` (``chatrex.utils.atomic``), renamed onto ``OUT`` only when the whole source has been
 read, so a crash or Ctrl-C never leaves an ``OUT`` that looks complete (an earlier, complete
 ``OUT`` stays as it was until it is replaced). Importers are deterministic, so a re-run writes
 a byte-identical file. Sidecars (``OUT`` without ``.jsonl`` + ``.categories.json``, and
@@ -13,9 +13,12 @@ import json
 import os
 import sys
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
+
+from chatrex.utils.atomic import atomic_write
 
 from .files import image_size
 from .schema import validate_record
@@ -43,11 +46,10 @@ def sidecar_path(out: str, suffix: str) -> str:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """The JSON layout of import sidecars and bench results (indent 1, UTF-8, final newline)."""
+    with atomic_write(path, encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -88,7 +90,7 @@ class RecordSink:
     """Validate and write records; count and report bad rows; finish atomically.
 
     Use as a context manager; call :meth:`finish` at the end of a successful import. Leaving
-    the ``with`` block without ``finish`` (an exception) removes ``OUT.tmp``.
+    the ``with`` block without ``finish`` (an exception) removes the temporary file.
     """
 
     def __init__(self, out: str, dataset: str, *, strict: bool = False, progress: bool = True,
@@ -98,7 +100,7 @@ class RecordSink:
         self.summary = ImportSummary(out=self.out, dataset=dataset)
         self._bad_rows: list[dict] = []
         self._sidecars: dict[str, object] = {}
-        self._tmp = f"{self.out}.tmp"
+        self._writing: ExitStack | None = None
         self._file = None
         self._bar = tqdm(total=total, unit=unit, desc=f"import {dataset}", file=sys.stderr,
                          disable=not progress, dynamic_ncols=True)
@@ -106,16 +108,17 @@ class RecordSink:
     def __enter__(self):
         parent = os.path.dirname(os.path.abspath(self.out))
         os.makedirs(parent, exist_ok=True)
-        self._file = open(self._tmp, "w", encoding="utf-8")
+        # The file is committed by finish(), after its sidecars, so it stays open past __enter__.
+        self._writing = ExitStack()
+        self._file = self._writing.enter_context(atomic_write(self.out, encoding="utf-8", fsync=True))
         return self
 
     def __exit__(self, exc_type, exc, tb):
         self._bar.close()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+        if self._writing is not None:  # finish() was not reached: the records are discarded
+            unfinished = exc or RuntimeError(f"{self.out}: import left without finish()")
+            writing, self._writing, self._file = self._writing, None, None
+            writing.__exit__(type(unfinished), unfinished, tb)
         return False
 
     def tick(self, n: int = 1) -> None:
@@ -180,18 +183,15 @@ class RecordSink:
         self._sidecars[suffix] = obj
 
     def finish(self) -> ImportSummary:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
         for suffix, obj in self._sidecars.items():
             write_json_atomic(sidecar_path(self.out, suffix), obj)
         bad_path = sidecar_path(self.out, "bad.jsonl")
         if self._bad_rows:
-            with open(f"{bad_path}.tmp", "w", encoding="utf-8") as f:
+            with atomic_write(bad_path, encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self._bad_rows)
-            os.replace(f"{bad_path}.tmp", bad_path)
         elif os.path.exists(bad_path):
             os.remove(bad_path)  # from an earlier run: it would describe rows this run did not see
-        os.replace(self._tmp, self.out)
+        self._file = None
+        writing, self._writing = self._writing, None
+        writing.close()  # fsync and rename: OUT last, once its sidecars are in place
         return self.summary

@@ -1,7 +1,8 @@
 """The output folder of an engine run, written so that a crash or Ctrl-C loses and duplicates nothing.
 
 - ``records-NNNNN.jsonl``: accepted records, ``shard_size`` per file, each file written to a
-  temporary name, fsynced and renamed into place, so a shard is complete or absent.
+  temporary name, fsynced and renamed into place (``chatrex.utils.atomic``), so a shard is
+  complete or absent.
 - ``manifest.jsonl``: one line per finished image: ``{"id", "status": "ok"|"rejected"|"failed",
   ...}``. ``ok`` lines are appended after their shard is renamed into place; rejects and
   failures at once.
@@ -18,6 +19,7 @@ import json
 import os
 import re
 
+from chatrex.utils.atomic import TEMP_PREFIX, atomic_write
 from chatrex.utils.jsonl import read_jsonl
 
 _SHARD = re.compile(r"^records-(\d{5,})\.jsonl$")
@@ -53,8 +55,8 @@ class OutputDir:
                 self.status[rec["id"]] = "ok"
         self._next_shard = max(numbers) + 1
         self._buffer: list[tuple[dict, str | None]] = []
-        for leftover in os.listdir(path):
-            if leftover.startswith(".tmp-"):
+        for leftover in os.listdir(path):  # a shard's temporary, left by a kill -9
+            if leftover.startswith(TEMP_PREFIX):
                 os.remove(os.path.join(path, leftover))
 
     @property
@@ -94,13 +96,9 @@ class OutputDir:
         if not self._buffer:
             return None
         name = f"records-{self._next_shard:05d}.jsonl"
-        tmp = os.path.join(self.path, f".tmp-{name}")
-        with open(tmp, "w") as f:
+        with atomic_write(os.path.join(self.path, name), fsync=True) as f:
             for record, _ in self._buffer:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.path, name))
         self._append("manifest.jsonl", [{"id": r["id"], "status": "ok", "shard": name, **({"phash": h} if h else {})} for r, h in self._buffer])
         for record, _ in self._buffer:
             self.status[record["id"]] = "ok"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from chatrex.utils.atomic import atomic_path, atomic_write
 
 from .backgrounds import sample_background
 from .language import (
@@ -124,9 +125,8 @@ def _render_one(args: tuple[str, str, int, int, int]) -> str:
     image, record = generate_scene(split, seed, index, size)
     path = Path(out_dir) / record["image"]
     # Write then rename, so an interrupted run never leaves a truncated PNG behind.
-    tmp = path.with_suffix(".png.tmp")
-    image.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=1)
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -152,9 +152,9 @@ def write_split(out_dir: str | os.PathLike, split: str, n: int, seed: int, size:
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc=f"synthetic {split}", unit="img")
-    fd, tmp = tempfile.mkstemp(prefix=".records.", suffix=".jsonl.tmp", dir=out)
+    final = out / "records.jsonl"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_write(final, encoding="utf-8") as f:
             if workers > 1:
                 import multiprocessing as mp
 
@@ -169,12 +169,6 @@ def write_split(out_dir: str | os.PathLike, split: str, n: int, seed: int, size:
                     f.write(_render_one(job) + "\n")
                     if bar is not None:
                         bar.update(1)
-        final = out / "records.jsonl"
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         if bar is not None:
             bar.close()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from chatrex.utils.atomic import TEMP_PREFIX
 from data_engine import proposals
 from data_engine.synthetic.generator import write_split
 
@@ -48,7 +49,7 @@ def mixed_records(tmp_path_factory):
 
 def run(records, out, *extra) -> list[dict]:
     assert proposals.main([str(records), "--upn", "upn-tiny", "--out", str(out), *extra]) == 0
-    assert not os.path.exists(str(out) + ".tmp")
+    assert not [n for n in os.listdir(os.path.dirname(os.path.abspath(out))) if n.startswith(TEMP_PREFIX)]
     return [json.loads(line) for line in open(out)]
 
 
@@ -126,7 +127,7 @@ def test_a_corrupt_image_names_its_record(mixed_records, tmp_path, capsys):
     assert proposals.main([str(bad), "--upn", "upn-tiny", "--out", str(out), "--batch-size", "4"]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:4 (id {rows[3]['id']!r})" in err and "broken.png" in err, err
-    assert not out.exists() and not os.path.exists(str(out) + ".tmp")
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(TEMP_PREFIX)]
 
 
 def test_default_batch_size_on_cpu_is_one(mixed_records, one_at_a_time, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from chatrex.utils.atomic import TEMP_PREFIX
 from data_engine.synthetic import generator, write_split
 from data_engine.synthetic.cli import main
 from data_engine.synthetic.schema import validate_synthetic_record
@@ -29,7 +30,7 @@ def test_module_cli_writes_images_and_records(tmp_path):
         rec = json.loads(line)
         validate_synthetic_record(rec)
         assert not os.path.isabs(rec["image"]) and (out / rec["image"]).is_file()
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in out.rglob(f"{TEMP_PREFIX}*")]
 
 
 def test_help_explains_splits(capsys):

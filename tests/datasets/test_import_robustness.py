@@ -11,6 +11,7 @@ from chatrex.datasets import sidecar_path
 from chatrex.datasets import sink as sink_module
 from chatrex.datasets.coco import import_coco
 from chatrex.datasets.jsonstream import iter_json_array
+from chatrex.utils.atomic import TEMP_PREFIX
 from tests.datasets import tiny_sources as ts
 
 
@@ -45,12 +46,17 @@ def test_bad_rows_are_reported_with_file_and_index(tmp_path, run_import, capsys)
         assert [json.loads(line)["kind"] for line in f] == ["unknown category_id", "degenerate box", "box outside image"]
 
 
+def _temporaries(out: str) -> list[str]:
+    """Temporary files of an atomic write left beside ``out``."""
+    return [n for n in os.listdir(os.path.dirname(out)) if n.startswith(TEMP_PREFIX)]
+
+
 def test_strict_stops_at_the_first_bad_row(tmp_path, run_import, capsys):
     src = _coco_with_bad_rows(tmp_path)
     rc, _, out = run_import("coco", "--ann", src["ann"], "--images", src["images"], "--strict")
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "annotations[6] (id 14)" in err
-    assert not os.path.exists(out) and not os.path.exists(out + ".tmp")
+    assert not os.path.exists(out) and not _temporaries(out)
 
 
 def test_bad_jsonl_line_names_file_and_line(tmp_path, run_import, capsys):
@@ -82,7 +88,7 @@ def test_rerun_writes_an_identical_file(tmp_path, run_import, fmt):
     first = open(out, "rb").read()
     rc2, _, _ = run_import(*args)
     assert rc1 == rc2 == 0 and open(out, "rb").read() == first
-    assert not os.path.exists(out + ".tmp")
+    assert not _temporaries(out)
 
 
 def test_interrupted_import_leaves_no_complete_looking_out(tmp_path, monkeypatch):
@@ -100,7 +106,7 @@ def test_interrupted_import_leaves_no_complete_looking_out(tmp_path, monkeypatch
     monkeypatch.setattr(sink_module, "validate_record", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         import_coco(src["ann"], src["images"], out, progress=False)
-    assert not os.path.exists(out) and not os.path.exists(out + ".tmp")
+    assert not os.path.exists(out) and not _temporaries(out)
     assert not os.path.exists(sidecar_path(out, "categories.json"))
     # a complete earlier OUT is left as it was until a run completes
     monkeypatch.setattr(sink_module, "validate_record", real)

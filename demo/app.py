@@ -18,8 +18,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from chatrex.utils.devices import DTYPES
-
 from .lifetime import exit_with_parent
 from .logic import DemoLogic, Reply, prepare_image, reply_html
 
@@ -207,27 +205,22 @@ def load_logic(model: str = "chatrex-tiny", device: str = "cpu", dtype: str | No
     return DemoLogic(ChatRexPredictor.from_pretrained(model, device=device, torch_dtype=dtype))
 
 
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m demo", description="Serve the ChatRex Gradio demo (chat with box answers, UPN proposals).")
-    parser.add_argument("--model", default="chatrex-tiny", help="bundled model name or local folder (default chatrex-tiny)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
-    args = parser.parse_args(argv)
+def serve(model: str = "chatrex-tiny", host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "cpu",
+          dtype: str | None = None) -> int:
+    """Load ``model`` and serve the demo on ``host:port`` until stopped: what ``python -m demo``
+    and ``chatrex demo`` run. Returns 2, with the reason on stderr, when the model cannot be
+    loaded; 0 once the server stops."""
     exit_with_parent()  # only under `make demo` (CHATREX_EXIT_WITH_PARENT=1)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        logic = load_logic(args.model, args.device, args.dtype)
+        logic = load_logic(model, device, dtype)
     except ValueError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"model": args.model, "url": f"http://{args.host}:{args.port}"}), flush=True)
+    # One JSON line on stdout before the server starts: scripts and tests read the URL from it.
+    print(json.dumps({"model": model, "url": f"http://{host}:{port}"}), flush=True)
     from chatrex.predictor import BUNDLED_DIR, resolve_model_path
 
-    bundled = resolve_model_path(args.model).parent == BUNDLED_DIR  # the same rule that chose the weights
-    build_app(logic, note=BUNDLED_NOTE if bundled else "").launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    bundled = resolve_model_path(model).parent == BUNDLED_DIR  # the same rule that chose the weights
+    build_app(logic, note=BUNDLED_NOTE if bundled else "").launch(server_name=host, server_port=port, share=share, show_error=True)
     return 0

@@ -216,12 +216,39 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from demo.app import main as demo_main
+    from demo.app import serve
 
     _check_device(args)
-    argv = ["--model", args.model, "--host", args.host, "--port", str(args.port), "--device", args.device] + (["--share"] if args.share else [])
-    argv += ["--dtype", args.dtype] if args.dtype else []
-    return demo_main(argv)
+    return serve(model=args.model, host=args.host, port=args.port, share=args.share, device=args.device, dtype=args.dtype)
+
+
+def _run_data_engine(argv: list[str]) -> int:
+    # The data engine sits above the model package: imported here, by the command, never by chatrex itself.
+    from data_engine.cli import main as engine_main
+
+    return engine_main(argv)
+
+
+def _run_data(argv: list[str]) -> int:
+    from ..datasets.cli import main as data_main
+
+    return data_main(argv)
+
+
+def _run_bench(argv: list[str]) -> int:
+    from ..bench.cli import main as bench_main
+
+    return bench_main(argv)
+
+
+def _add_forwarded(sub, name: str, run, help: str) -> None:
+    """A command whose arguments, ``--help`` included, all go to its own command line ``run``.
+    argparse would read a leading ``--help`` or ``--input`` as an option of this subparser and
+    refuse it, so the subparser gets a prefix character no command-line argument can start with
+    (NUL): every argument is then a positional, and REMAINDER hands them on unchanged."""
+    p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
+    p.add_argument("forwarded", nargs=argparse.REMAINDER)
+    p.set_defaults(forward=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,30 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    # Parsed by their own modules (see main); listed here so `chatrex --help` shows them.
-    sub.add_parser("data-engine", help="run the data engine (run | stats); see chatrex data-engine --help", add_help=False)
-    sub.add_parser("data", help="import real datasets (COCO, LVIS, RefCOCO, LLaVA, Rexverse-2M, VG) to records; see chatrex data --help",
-                   add_help=False)
-    sub.add_parser("bench", help="the paper's COCO / LVIS / RefCOCO benchmarks; see chatrex bench --help", add_help=False)
+    # Parsed by their own modules, which print their own --help.
+    _add_forwarded(sub, "data-engine", _run_data_engine, help="run the data engine (run | stats); see chatrex data-engine --help")
+    _add_forwarded(sub, "data", _run_data,
+                   help="import real datasets (COCO, LVIS, RefCOCO, LLaVA, Rexverse-2M, VG) to records; see chatrex data --help")
+    _add_forwarded(sub, "bench", _run_bench, help="the paper's COCO / LVIS / RefCOCO benchmarks; see chatrex bench --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["data-engine"]:
-        from data_engine.cli import main as engine_main
-
-        return engine_main(argv[1:])
-    if argv[:1] == ["data"]:
-        from ..datasets.cli import main as data_main
-
-        return data_main(argv[1:])
-    if argv[:1] == ["bench"]:
-        from ..bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "forward"):  # these commands keep their own output and error handling
+        return args.forward(args.forwarded)
     try:
         with _output_policy(getattr(args, "verbose", False)):
             return args.func(args)

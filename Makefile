@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 
-.PHONY: setup test test-quick lint demo finetune-tiny lock test-latest clean
+.PHONY: setup test test-fast test-quick lint demo finetune-tiny lock test-latest clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): $(LOCK) pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# Everything except the tests marked slow (multi-process and kill -9 runs, Ray, DeepSpeed, the
+# official-parity checks, the browser, anything over ~5 s): under two minutes on a 2-core CPU,
+# for the edit-test loop. `make test` still runs all of them.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # ruff (pinned in the lock; rules in pyproject.toml): pyflakes and import order. CI runs it first.
 lint: setup

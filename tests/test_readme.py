@@ -59,6 +59,7 @@ def test_the_readme_has_examples_with_output():
 
 
 @pytest.mark.parametrize("command, expected", CONSOLE_STEPS, ids=[c for c, _ in CONSOLE_STEPS])
+@pytest.mark.slow
 def test_console_example_prints_what_the_readme_shows(scratch, command, expected):
     done = subprocess.run(["bash", "-c", command], cwd=scratch, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -68,6 +69,7 @@ def test_console_example_prints_what_the_readme_shows(scratch, command, expected
 
 
 @pytest.mark.parametrize("index", range(len(blocks("pycon"))))
+@pytest.mark.slow
 def test_python_example_prints_what_the_readme_shows(scratch, index, monkeypatch):
     monkeypatch.chdir(scratch)
     test = doctest.DocTestParser().get_doctest(blocks("pycon")[index], {}, f"README.md pycon block {index}", str(README), 0)

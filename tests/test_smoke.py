@@ -27,6 +27,7 @@ def test_public_api():
     from chatrex import ChatRexForConditionalGeneration, ChatRexPredictor, ChatRexProcessor, parse_answer  # noqa: F401
 
 
+@pytest.mark.slow
 def test_cli_detect_on_an_example_prints_only_boxes():
     result = subprocess.run([sys.executable, "-m", "chatrex", "detect", SCENE, "boat"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -45,6 +46,7 @@ def test_one_training_step(tmp_path, tiny_tokenizer_dir):
     assert result.steps == 1 and os.path.isfile(os.path.join(result.final_dir, "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_demo_functions_in_process():
     from chatrex import ChatRexPredictor
     from demo.logic import DemoLogic

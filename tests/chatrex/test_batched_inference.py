@@ -48,6 +48,7 @@ def reference(full_prompts, images):
 
 
 @pytest.mark.parametrize("entry", CONTENTS, ids=lambda e: e["image"])
+@pytest.mark.slow
 def test_shared_prefix_gives_the_full_prompt_answers(predictor, images, reference, entry):
     predictor.set_image(images[entry["image"]])
     answers = [predictor.detect(q) for q in _queries(entry)]
@@ -56,6 +57,7 @@ def test_shared_prefix_gives_the_full_prompt_answers(predictor, images, referenc
 
 
 @pytest.mark.parametrize("entry", CONTENTS, ids=lambda e: e["image"])
+@pytest.mark.slow
 def test_detect_batch_equals_one_at_a_time(predictor, images, reference, entry):
     predictor.set_image(images[entry["image"]])
     batched = predictor.detect_batch(_queries(entry), batch_size=4)  # a partial last batch too
@@ -63,6 +65,7 @@ def test_detect_batch_equals_one_at_a_time(predictor, images, reference, entry):
     assert [(d.phrase, d.answer, d.indices, d.boxes, d.prompt) for d in batched] == [(d.phrase, d.answer, d.indices, d.boxes, d.prompt) for d in ref]
 
 
+@pytest.mark.slow
 def test_detect_images_equals_image_by_image(predictor, images, reference):
     names = [e["image"] for e in CONTENTS]
     # Each image twice with different phrases, in an order that mixes images within a batch.
@@ -74,6 +77,7 @@ def test_detect_images_equals_image_by_image(predictor, images, reference):
     assert torch.equal(predictor.boxes, before[1])  # the current image is unchanged
 
 
+@pytest.mark.slow
 def test_ask_batch_and_history_share_the_prefix_with_the_same_answers(predictor, full_prompts, images):
     questions = ["Describe the image.", "Where is the boat?", "What is in the image?"]
     for p in (predictor, full_prompts):
@@ -119,6 +123,7 @@ def test_generated_rows_cut_at_stop_and_budget():
     assert generated_rows(out, 2, budgets=[4, 2], stop_ids=[0]) == [[1, 2, 0], [3, 4]]
 
 
+@pytest.mark.slow
 def test_ask_images_equals_image_by_image(predictor, full_prompts, images):
     question = predictor.prompts.grounded_caption
     batched = predictor.ask_images(list(images.values()), question, max_new_tokens=48, batch_size=2)
@@ -129,6 +134,7 @@ def test_ask_images_equals_image_by_image(predictor, full_prompts, images):
     assert [a.raw for a in batched] == expected
 
 
+@pytest.mark.slow
 def test_data_engine_grounding_batches_each_images_phrases(predictor, reference, images):
     from data_engine.backends import chatrex_backend
 
@@ -147,6 +153,7 @@ def test_data_engine_grounding_batches_each_images_phrases(predictor, reference,
 
 
 @pytest.mark.parametrize("task", ["detection", "referring", "region"])
+@pytest.mark.slow
 def test_eval_metrics_do_not_depend_on_the_batch_size(predictor, tmp_path_factory, task):
     from chatrex.evaluation.runner import evaluate
     from data_engine.synthetic.generator import write_split
@@ -159,6 +166,7 @@ def test_eval_metrics_do_not_depend_on_the_batch_size(predictor, tmp_path_factor
     assert one == eight and one.get("queries", one.get("regions")) >= 12
 
 
+@pytest.mark.slow
 def test_detect_images_of_different_sizes_equals_image_by_image(predictor, full_prompts, images):
     """UPN would give a padded image other boxes; batches hold one resized size only."""
     scene = images["scene1.png"]

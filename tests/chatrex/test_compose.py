@@ -137,6 +137,7 @@ def test_text_only_logits_equal_plain_llm_and_new_rows_at_mean(parts):
         torch.testing.assert_close(new[num_old:], mean.expand(106, -1), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_composed_folder_detects_and_trains_stage1(parts, tmp_path):
     from train.trainer import train
 
@@ -153,6 +154,7 @@ def test_composed_folder_detects_and_trains_stage1(parts, tmp_path):
     assert result.steps == 1
 
 
+@pytest.mark.slow
 def test_dtype_paths_on_cpu(parts):
     _, out, _, _ = parts
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, size=(40, 40, 3), dtype=np.uint8))

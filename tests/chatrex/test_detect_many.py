@@ -61,6 +61,7 @@ def _check_complete(lines, root):
     assert all(len(x["boxes"]) == len(x["indices"]) == len(x["scores"]) for x in lines if "error" not in x)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(model_dir, image_dir, tmp_path):
     out = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "chatrex.cli.main", "detect", "--model", str(model_dir), "--inputs", str(image_dir / "queries.jsonl"),

@@ -41,6 +41,7 @@ def test_the_split_table_is_the_model_cards():
     assert f"--size {runner.SYNTH_SIZE}" in recipe
 
 
+@pytest.mark.slow
 def test_eval_synth_generates_the_split_once_then_reuses_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(runner.SYNTH_SPLITS, "test", (3, 2))  # the model card's seed, 3 of its 500 images
@@ -71,6 +72,7 @@ def test_an_unknown_synthetic_split_lists_the_known_ones(capsys):
     assert _one_line(capsys.readouterr().err) == "chatrex eval: error: unknown synthetic split 'synth:train'; use synth:val, synth:test, synth:heldout"
 
 
+@pytest.mark.slow
 def test_eval_reads_a_records_file(tmp_path, capsys):
     write_split(tmp_path / "imported", "val", 2, seed=4, size=256)
     assert main(["eval", "--data", str(tmp_path / "imported" / "records.jsonl"), "--task", "proposals", "--no-progress"]) == 0

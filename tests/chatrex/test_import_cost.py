@@ -4,6 +4,8 @@ detect path loads no training, demo or data-tooling package."""
 import subprocess
 import sys
 
+import pytest
+
 
 def _modules_after(code: str) -> set[str]:
     """Modules loaded after running ``code`` in a fresh interpreter (``None`` entries, which mark a
@@ -34,6 +36,7 @@ def test_importing_the_package_and_building_the_cli_parser_loads_no_torch():
     assert not {"torch", "transformers"} & loaded
 
 
+@pytest.mark.slow
 def test_public_names_still_resolve_and_register_the_auto_classes():
     loaded = _modules_after(
         "import chatrex\n"
@@ -62,12 +65,14 @@ def test_a_missing_llm_folder_is_one_line_without_loading_the_model_stack(tmp_pa
     assert "torch" not in imported, "the check runs before the model stack is imported"
 
 
+@pytest.mark.slow
 def test_the_detect_path_loads_no_training_demo_or_data_package():
     loaded = {name.split(".")[0] for name in _modules_after(DETECT_PATH_IMPORTS)}
     assert "torch" in loaded and "upn" in loaded, "the path was imported"
     assert not NOT_FOR_INFERENCE & loaded
 
 
+@pytest.mark.slow
 def test_the_detect_path_needs_no_accelerate():
     """With accelerate installed, transformers 5.24 imports it itself (modeling_utils ->
     core_model_loading -> integrations.accelerate), so its presence after the imports says nothing

@@ -119,6 +119,7 @@ def test_save_load_round_trip(tiny_model, rgb_image, tmp_path):
         torch.testing.assert_close(model2(**batch2).logits, model(**batch).logits, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_generate_uses_kv_cache(tiny_model, rgb_image):
     model, proc = tiny_model
     batch = proc(images=[rgb_image], conversations=["find the red car"], boxes=[BOXES], add_generation_prompt=True, return_labels=False)
@@ -145,6 +146,7 @@ def test_batched_generation_left_padding(tiny_model, rgb_image):
     assert_batched_generation_matches_single(model, proc, rgb_image, BOXES, new_tokens=3)
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_on_fixed_batch(tiny_tokenizer, rgb_image):
     model, proc = build_tiny("chatrex-tiny-random", tiny_tokenizer, seed=0)
     model.train()

@@ -139,6 +139,7 @@ def test_text_only_sample_can_not_emit_indices(tiny_tokenizer):
     assert (logits[..., model.config.object_token_ids] == torch.finfo(logits.dtype).min).all()
 
 
+@pytest.mark.slow
 def test_pointer_learns_to_retrieve_by_content(tiny_tokenizer):
     """Slots are random vectors; the question names one by a word whose embedding is the
     slot's vector. 80 steps must teach the head to answer its index (chance is 1/6)."""

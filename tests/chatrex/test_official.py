@@ -128,6 +128,7 @@ def test_training_start_keeps_the_official_vocabulary(tiny_official, tmp_path):
     assert loaded.get_input_embeddings().num_embeddings == loaded.config.text_config.vocab_size == 151769
 
 
+@pytest.mark.slow
 def test_convert_then_detect_from_the_command_line(tmp_path, tiny_official, capsys):
     """The user's path: convert, then chatrex detect with the converted folder and a box list;
     loading the official folder directly gives the same answer."""

@@ -15,6 +15,9 @@ from chatrex.convert.official import is_official_folder, load_official
 
 from .official_parity import compare, load_fixture, photo, write_fixture_folder
 
+# The official-layout model is built and run: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 TOLERANCE = {
     "pixel_values_high": 1e-6,
     "pixel_values_low": 1e-6,

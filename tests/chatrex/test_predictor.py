@@ -109,6 +109,7 @@ def test_predictor_errors(predictor, image_path):
         resolve_model_path("no-such-model")
 
 
+@pytest.mark.slow
 def test_cli_detect_json_and_out(model_dir, image_path, tmp_path, capsys):
     out = tmp_path / "annotated.png"
     assert main(["detect", str(image_path), "red car", "--model", str(model_dir), "--json", "--out", str(out)]) == 0
@@ -152,6 +153,7 @@ def test_cli_help_has_examples(capsys):
     assert "examples:\n  chatrex detect examples/scene1.png" in out and "--resume" in out
 
 
+@pytest.mark.slow
 def test_cache_tells_no_boxes_from_proposals(predictor, image_path):
     image = Image.open(image_path)
     assert predictor.set_image(image) > 0  # UPN proposals

@@ -108,6 +108,7 @@ def test_max_new_tokens_is_capped(tiny_bundle_dir, predictor, image_path):
             predictor.ask("how many cars?", max_new_tokens=bad)
 
 
+@pytest.mark.slow
 def test_cli_too_long_phrase_is_one_line_exit_2(tiny_bundle_dir, image_path, capsys):
     assert main(["detect", str(image_path), LONG_PHRASE, "--model", str(tiny_bundle_dir)]) == 2
     captured = capsys.readouterr()

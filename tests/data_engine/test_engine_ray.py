@@ -14,6 +14,9 @@ from .conftest import oracle_config
 
 ray = pytest.importorskip("ray")
 
+# A Ray cluster starts for these: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def outcome(out):
     """Records by id, plus the manifest's non-ok statuses (rejects with reasons, failures)."""

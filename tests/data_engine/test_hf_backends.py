@@ -367,6 +367,7 @@ def test_coarse_position():
     assert coarse_position((80, 70, 90, 90), 90, 90) == "bottom right"
 
 
+@pytest.mark.slow
 def test_engine_runs_end_to_end_on_hf_backends_chosen_by_config(owlv2_dir, llava_dir, causal_lm_dir, tmp_path):
     """Every model job on a tiny random hf model, picked by config (wiring, not quality)."""
     from data_engine.config import load_engine_config

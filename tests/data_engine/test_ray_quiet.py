@@ -16,6 +16,9 @@ from .conftest import MODEL_ROLES
 
 pytest.importorskip("ray")
 
+# A Ray cluster in a subprocess: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -84,6 +84,7 @@ def test_huge_image_is_downscaled_with_notice(tmp_path):
     assert max(rgb.size) == MAX_SIDE and "8000x8000" in notice and "downscaled" in notice
 
 
+@pytest.mark.slow
 def test_ask_returns_annotated_image_and_spans(logic, monkeypatch):
     from chatrex.text.answer import parse_answer
 
@@ -114,6 +115,7 @@ def test_detect_describe_caption_proposals(logic):
     assert drawn.size == Image.open(EXAMPLE).size and "fine" in summary
 
 
+@pytest.mark.slow
 def test_image_encoded_once_per_upload(logic):
     calls = []
     handle = logic.predictor.model.model.vision_high.register_forward_hook(lambda *a: calls.append(1))

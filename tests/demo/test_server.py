@@ -20,6 +20,9 @@ import pytest
 
 from demo.app import example_images
 
+# A real server (tens of seconds to start), clients and a browser: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(REPO, "artifacts")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

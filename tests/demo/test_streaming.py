@@ -14,6 +14,7 @@ def bundled():
 
 
 @pytest.mark.parametrize("image", example_images(), ids=lambda p: p.rsplit("/", 1)[-1])
+@pytest.mark.slow
 def test_stream_ends_with_the_answer_of_ask(bundled, image):
     bundled.set_image(Image.open(image))
     first = bundled.ask("Find the boat.")

@@ -111,6 +111,7 @@ def test_referring_table_rows_are_fractions():
     assert "| attribute | 4 | 0.75 |" in table and "| all | 4 | 0.75 |" in table
 
 
+@pytest.mark.slow
 def test_probe_reads_a_linear_attribute_and_not_noise():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=400)
@@ -227,6 +228,7 @@ def bundle_predictor(tiny_bundle_dir):
     return ChatRexPredictor.from_pretrained(str(tiny_bundle_dir))
 
 
+@pytest.mark.slow
 def test_analyse_counts_every_query_once(tmp_path, bundle_predictor):
     from train.diagnostics.error_causes import analyse, detection_table
 
@@ -242,6 +244,7 @@ def test_analyse_counts_every_query_once(tmp_path, bundle_predictor):
     assert "| phrase 1 | 3 | 3 |" in detection_table(result)
 
 
+@pytest.mark.slow
 def test_evaluate_model_gives_the_validation_row(tmp_path, bundle_predictor):
     from train.diagnostics.learning_curve import evaluate_model, target_score
 
@@ -252,6 +255,7 @@ def test_evaluate_model_gives_the_validation_row(tmp_path, bundle_predictor):
     assert row["target_score"] == pytest.approx(target_score(row), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_probes_run_on_a_model_and_skip_attributes_the_records_lack(tmp_path, tiny):
     from train.diagnostics.feature_probes import REDUCTIONS, format_table, run
 
@@ -264,6 +268,7 @@ def test_probes_run_on_a_model_and_skip_attributes_the_records_lack(tmp_path, ti
     assert "| mean+max | " in format_table(results)
 
 
+@pytest.mark.slow
 def test_examples_check_counts_every_query(tmp_path, bundle_predictor):
     import json as _json
 

@@ -16,6 +16,9 @@ from train.config import to_dict
 
 from .conftest import tiny_config
 
+# Two training processes each: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

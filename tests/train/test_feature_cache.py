@@ -28,6 +28,7 @@ def tiny(tiny_tokenizer_dir):
     return load_model_and_processor("chatrex-tiny-random", tiny_tokenizer_dir)
 
 
+@pytest.mark.slow
 def test_cache_holds_the_towers_outputs_and_samples_are_unchanged(records_path, tiny):
     model, processor = tiny
     folder = build_cache(records_path, model, processor, progress=False)
@@ -64,6 +65,7 @@ def test_cached_batch_gives_the_same_loss_as_pixels(records_path, tiny):
     assert float(loss_cached) == pytest.approx(float(loss_plain), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_and_other_weights_get_their_own_cache(records_path, tiny, monkeypatch):
     import train.feature_cache as fc
 
@@ -112,6 +114,7 @@ def test_bad_records_are_recorded_and_skipped(records_path, tiny):
     assert sample["record_index"] == 2 and sample["skipped"][0][0] == 1
 
 
+@pytest.mark.slow
 def test_cached_training_freezes_both_towers(records_path, tiny_tokenizer_dir, tmp_path):
     cfg = tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), stage=3, **{"data.feature_cache": "true", "train.max_steps": 3})
     result = train(cfg)

@@ -76,6 +76,7 @@ def test_unknown_init_lists_presets_and_bundled_models(records_path):
     load_config(None, ["model.init=chatrex-tiny", f"data.train=[{records_path}]"]).validate()  # the bundle needs no tokenizer
 
 
+@pytest.mark.slow
 def test_final_carries_the_starting_models_upn(tmp_path, tiny_bundle_dir, tiny_tokenizer_dir, records_path):
     cfg = tiny_config(records_path, "null", str(tmp_path / "run"), stage=3, **{"model.init": str(tiny_bundle_dir), "train.max_steps": 1})
     final = train(cfg).final_dir

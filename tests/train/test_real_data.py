@@ -252,6 +252,7 @@ def test_llava_conversations_and_text_only_records(imported):
         ChatRexDataset(JsonlRecords(imported["llava"]), PERCEPTION, seed=0).sample(text_only, within=(text_only, text_only + 1))
 
 
+@pytest.mark.slow
 def test_text_only_batches_train_and_always_image_keeps_the_towers_running(imported, tiny_model):
     model, processor = tiny_model
     ds = ChatRexDataset(JsonlRecords(imported["llava"]), {"conversation": 1.0}, seed=0)

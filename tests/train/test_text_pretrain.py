@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -53,6 +54,7 @@ def saved_tiny_model(tokenizer_dir, path):
     return path
 
 
+@pytest.mark.slow
 def test_text_pretraining_trains_only_the_llm(records_path, tiny_tokenizer_dir, tmp_path):
     init = saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")
     out = tmp_path / "text"

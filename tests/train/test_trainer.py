@@ -26,6 +26,7 @@ def _fixed_batch_loss(model, processor, records, stage_weights):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.slow
 def test_each_stage_lowers_loss_on_fixed_batch(stage, records_path, tiny_tokenizer_dir, tmp_path):
     cfg = tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), stage=stage, **{"train.max_steps": 8, "train.save_every": 100})
     cfg.validate()
@@ -41,6 +42,7 @@ def test_each_stage_lowers_loss_on_fixed_batch(stage, records_path, tiny_tokeniz
         torch.testing.assert_close(model.model.language_model.layers.state_dict(), model0.model.language_model.layers.state_dict())
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(records_path, tiny_tokenizer_dir, tmp_path):
     common = {"train.max_steps": 6, "train.save_every": 3, "optim.scheduler": "cosine", "optim.warmup_steps": 1, "train.keep_checkpoints": 5}
     straight = train(tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "a"), **common))
@@ -56,6 +58,7 @@ def test_resume_continues_exactly(records_path, tiny_tokenizer_dir, tmp_path):
     assert straight.weights_digest == resumed.weights_digest
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(records_path, tiny_tokenizer_dir, tmp_path, monkeypatch):
     cfg = tiny_config(records_path, tiny_tokenizer_dir, str(tmp_path / "out"), **{"train.max_steps": 5, "train.save_every": 100})
     calls = {"n": 0}
@@ -78,6 +81,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(records_path, tiny_tokeni
     assert steps == [1, 2, 3, 4, 5]  # no step logged twice across the interruption
 
 
+@pytest.mark.slow
 def test_bad_records_are_skipped_and_counted(records_path, tiny_tokenizer_dir, tmp_path):
     root = os.path.dirname(records_path)
     good = [json.loads(line) for line in open(records_path)]
@@ -112,6 +116,7 @@ def test_config_errors_name_the_field(records_path, tiny_tokenizer_dir, tmp_path
         load_model_and_processor("chatrex-tiny-random", None)
 
 
+@pytest.mark.slow
 def test_resume_with_grad_accum_across_epoch_boundaries(records_path, tiny_tokenizer_dir, tmp_path):
     # 6 records, batch 2 -> 3 batches per epoch; grad_accum 2 -> steps close at batches 2, 3 (epoch end), 5, 6, ...
     common = {"train.max_steps": 4, "train.save_every": 1, "train.grad_accum": 2, "train.keep_checkpoints": 10}

@@ -29,6 +29,7 @@ def test_labels_and_patch_targets(records_path):
     assert out["color"].tolist() == [1, 0, -100, -100]
 
 
+@pytest.mark.slow
 def test_vision_stage_trains_only_the_encoders_and_resumes(records_path, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "vision"
     common = ["--records", records_path, "--eval", records_path, "--init", "chatrex-tiny-random", "--tokenizer", tiny_tokenizer_dir,
@@ -60,6 +61,7 @@ def test_vision_stage_argument_errors(args, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_preserve_and_freeze_low_keep_clip_and_limit_drift(records_path, tiny_tokenizer_dir, tmp_path):
     """--freeze-low leaves CLIP untouched and trains the ConvNeXt; --preserve logs the drift
     from the starting towers, which starts at zero."""

@@ -83,6 +83,7 @@ def test_rules_are_unambiguous_in_both_directions(small_official):
     assert len({o for o, _ in rules}) == len(rules) and len({u for _, u in rules}) == len(rules)
 
 
+@pytest.mark.slow
 def test_pth_loads_directly_and_converts_to_a_folder(small_official, tmp_path):
     state, config = small_official
     pth = _save_official(state, tmp_path / "upn_small.pth")

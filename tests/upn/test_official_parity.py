@@ -15,6 +15,9 @@ from chatrex.cli.main import main as chatrex_main
 
 from .official_parity import PROMPTS, build_converted, compare, load_fixture, official_key_shapes_match, photo
 
+# The official-size UPN is built and run: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 # A small multiple of the official code's own drift when only its thread count changes
 # (meta.json "thread_drift_2_vs_1": about 1e-5 for logits, 1e-6 for boxes).
 DRIFT_MULTIPLE = 20

@@ -1,4 +1,5 @@
 """upn-tiny must be able to learn: overfit one synthetic image with 3 boxes."""
+import pytest
 import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_convert, box_iou
@@ -25,6 +26,7 @@ def _recall_at(scores, boxes, gt_xyxy, k):
     return (iou.max(0).values >= 0.5).float().mean().item()
 
 
+@pytest.mark.slow
 def test_overfit_one_image():
     torch.manual_seed(0)
     cfg = get_config("upn-tiny")

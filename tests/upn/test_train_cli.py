@@ -50,6 +50,7 @@ def _run(out, steps, resume=False, json_path=None):
     return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_steps_then_exact_resume(tmp_path):
     json_path = _write_fixture(tmp_path)
     straight = _run(tmp_path / "a", 2, json_path=json_path)

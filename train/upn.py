@@ -194,19 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        # Cosine to 10% of peak: late steps refine boxes without oscillating.
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return f
-
-
 def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from .library_messages import name_cpu_accelerator_for_deepspeed
 
@@ -245,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     for g in groups:
         accelerator.print(f"  param group {g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M")
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup_steps, args.steps))
+    # Cosine to 10% of peak: late steps refine boxes without oscillating. (transformers' warm-up
+    # starts at lr 0 on step 0, one step behind the hand-written schedule upn-tiny was trained with.)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, args.warmup_steps, args.steps, min_lr_rate=0.1)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     os.makedirs(args.output_dir, exist_ok=True)

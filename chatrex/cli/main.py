@@ -206,10 +206,10 @@ def cmd_eval(args) -> int:
     print(table.format())
     if args.json_out:
         try:
-            tmp = args.json_out + ".tmp"
-            with open(tmp, "w") as f:
+            from ..utils.atomic import atomic_write
+
+            with atomic_write(args.json_out) as f:
                 json.dump(table.metrics, f, indent=2)
-            os.replace(tmp, args.json_out)
         except OSError as err:
             raise UserError(f"cannot write {args.json_out}: {err}") from None
     return 0

@@ -79,6 +79,15 @@ def test_eval_reads_a_records_file(tmp_path, capsys):
     assert re.search(r"^images\s+2$", capsys.readouterr().out, re.M)
 
 
+def test_eval_json_out_holds_the_printed_metrics_and_no_temporary(tmp_path, capsys):
+    write_split(tmp_path / "imported", "val", 2, seed=4, size=256)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--data", str(tmp_path / "imported" / "records.jsonl"), "--task", "proposals", "--no-progress",
+                 "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
 # -- a missing records folder names the command that makes it ---------------------------------
 def test_a_missing_synthetic_split_names_the_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,7 @@
 The parts (docs/architecture.md):
 
 * ``--clip``: a transformers CLIP folder, a full ``CLIPModel`` or a ``CLIPVisionModel``. The
-  low-resolution tower is its vision model; :data:`CLIP_RULES` maps the keys and
+  low-resolution tower is its vision model; :data:`CLIP_TABLE` maps the keys and
   :data:`CLIP_IGNORED` lists what is skipped (text tower, projections, temperature).
 * ``--convnext``: a ConvNeXt checkpoint in the open_clip (``visual.trunk.*``) or timm layout,
   ``.safetensors`` or ``.bin`` (read with ``weights_only=True``). Depths and widths come from
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -40,17 +39,22 @@ from ..modeling_chatrex import ChatRexForConditionalGeneration, ChatRexModel
 from ..processing_chatrex import ChatRexProcessor
 from ..text.special_tokens import add_special_tokens
 from ..utils.devices import DTYPES
-from ..utils.strict_loading import check_loading_info
+from ..utils.strict_loading import KeyReport, check_loading_info
 from .convnext_timm import timm_to_hf
+from .rules import KeyRules
 
 INFO_NAME = "compose_info.json"
 
 # CLIP folder key -> CLIPVisionModel key (transformers 5 saves CLIPVisionModel without the
 # ``vision_model.`` prefix; CLIPModel and older CLIPVisionModel folders have it).
-CLIP_RULES: list[tuple[str, str]] = [
-    (r"vision_model\.(.+)", r"\1"),
-    (r"((?:embeddings|pre_layrnorm|encoder|post_layernorm)\..+)", r"\1"),
+CLIP_TABLE: list[tuple[str, str]] = [
+    ("vision_model.", ""),
+    ("embeddings.", "embeddings."),
+    ("pre_layrnorm.", "pre_layrnorm."),  # sic: transformers' name
+    ("encoder.", "encoder."),
+    ("post_layernorm.", "post_layernorm."),
 ]
+CLIP_KEYS = KeyRules(CLIP_TABLE)
 # Parts of a CLIPModel folder outside the vision tower: the text tower, both projections to
 # the joint embedding (ChatRex reads hidden state -2, before them) and the temperature.
 CLIP_IGNORED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
@@ -97,20 +101,6 @@ def read_folder_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise ValueError(f"{folder} has no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
-def _check_complete(what: str, mapped: dict, expected: dict, unmapped: list[str]) -> None:
-    """Every source key used (or ignored on purpose), every target key filled with its shape."""
-    problems = []
-    missing = sorted(set(expected) - set(mapped))
-    extra = sorted(set(mapped) - set(expected))
-    shapes = sorted(k for k in set(mapped) & set(expected) if tuple(mapped[k].shape) != tuple(expected[k].shape))
-    for label, keys in (("unmapped", unmapped), ("missing", missing), ("unexpected after mapping", extra),
-                        ("wrong shape", [f"{k} {tuple(mapped[k].shape)} != {tuple(expected[k].shape)}" for k in shapes])):
-        if keys:
-            problems.append(f"{label} {len(keys)} key(s): {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
-    if problems:
-        raise ValueError(f"{what}: " + "; ".join(problems))
-
-
 # -- the parts ----------------------------------------------------------------------------
 def clip_vision_config(folder: str | os.PathLike) -> CLIPVisionConfig:
     """The vision config of a ``CLIPModel`` or ``CLIPVisionModel`` folder."""
@@ -126,19 +116,11 @@ def map_clip_vision(state_dict: dict, config: CLIPVisionConfig) -> tuple[dict, l
     """CLIP folder tensors -> ``CLIPVisionModel`` state dict, and the keys ignored on purpose.
     Raises ``ValueError`` listing unmapped, missing or mis-shaped keys."""
     ignored = sorted(k for k in state_dict if k.startswith(CLIP_IGNORED))
-    mapped, unmapped = {}, []
-    for key, value in state_dict.items():
-        if key in ignored:
-            continue
-        for pattern, template in CLIP_RULES:
-            if re.fullmatch(pattern, key):
-                mapped[re.sub(pattern, template, key)] = value
-                break
-        else:
-            unmapped.append(key)
+    renamed, unmapped = CLIP_KEYS.rename(k for k in state_dict if not k.startswith(CLIP_IGNORED))
+    mapped = {new: state_dict[old] for old, new in renamed.items()}
     with torch.device("meta"):
         expected = CLIPVisionModel(config).state_dict()
-    _check_complete("CLIP checkpoint", mapped, expected, unmapped)
+    KeyReport.against("CLIP checkpoint", mapped, expected, unmapped).raise_if_any()
     return mapped, ignored
 
 
@@ -149,7 +131,7 @@ def map_convnext(state_dict: dict) -> tuple:
     config, hf, ignored = timm_to_hf(state_dict)
     with torch.device("meta"):
         expected = ConvNextModel(config).state_dict()
-    _check_complete("ConvNeXt checkpoint", hf, expected, [])
+    KeyReport.against("ConvNeXt checkpoint", hf, expected).raise_if_any()
     return config, hf, ignored
 
 

@@ -7,7 +7,7 @@ the same names without the prefix. The two implementations compute the same func
 stem + LayerNorm2d, stages of LayerNorm2d + 2x2 stride-2 downsampling then blocks of 7x7
 depthwise conv, channels-last LayerNorm, Linear 4x MLP with exact GELU, layer scale); only the
 parameter names differ. :data:`KEY_TABLE` below is the whole mapping and the documentation of
-the layout.
+the layout; :mod:`chatrex.convert.rules` reads it both ways.
 
 Named special cases:
 
@@ -33,6 +33,9 @@ from collections import defaultdict
 
 import torch
 from transformers import ConvNextConfig
+
+from ..utils.strict_loading import KeyReport
+from .rules import KeyRules
 
 OPEN_CLIP_PREFIX = "visual.trunk."
 
@@ -60,38 +63,7 @@ IGNORED_OPEN_CLIP = (
     "text_projection", "logit_scale", "logit_bias", "text.", "attn_mask",
 )
 
-_PLACEHOLDERS = {"s": r"(?P<s>\d+)", "b": r"(?P<b>\d+)", "p": r"(?P<p>weight|bias)"}
-
-
-def _compile(template: str) -> re.Pattern:
-    pattern = re.escape(template)
-    for name, group in _PLACEHOLDERS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), group)
-    return re.compile(pattern + "$")
-
-
-_TIMM_TO_HF = [(_compile(src), dst) for src, dst in KEY_TABLE]
-_HF_TO_TIMM = [(_compile(dst), src) for src, dst in KEY_TABLE]
-
-
-def _rename(keys, rules) -> tuple[dict[str, str], list[str]]:
-    """{old: new} for the keys a rule matches (first match wins) and the list of the others."""
-    renamed, unmatched = {}, []
-    for key in keys:
-        for pattern, template in rules:
-            m = pattern.match(key)
-            if m:
-                renamed[key] = template.format(**m.groupdict())
-                break
-        else:
-            unmatched.append(key)
-    return renamed, unmatched
-
-
-def _raise_unmapped(what: str, keys) -> None:
-    keys = sorted(keys)
-    if keys:
-        raise ValueError(f"{what}: {len(keys)} key(s) cannot be mapped: {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
+CONVNEXT_KEYS = KeyRules(KEY_TABLE, placeholders={"p": "weight|bias"})
 
 
 def split_layout(state_dict: dict) -> tuple[str, dict, list[str]]:
@@ -108,7 +80,7 @@ def split_layout(state_dict: dict) -> tuple[str, dict, list[str]]:
     else:
         layout, ignored_prefixes, trunk, outside = "timm", (), dict(state_dict), []
     ignored = [k for k in outside if k.startswith(ignored_prefixes)]
-    _raise_unmapped(f"{layout} ConvNeXt checkpoint (outside {OPEN_CLIP_PREFIX})", set(outside) - set(ignored))
+    KeyReport(f"{layout} ConvNeXt checkpoint (outside {OPEN_CLIP_PREFIX})", unmapped=sorted(set(outside) - set(ignored))).raise_if_any()
     dropped = [k for k in trunk if k.startswith(IGNORED_TIMM)]
     ignored += [(OPEN_CLIP_PREFIX if layout == "open_clip" else "") + k for k in dropped]
     for k in dropped:
@@ -169,8 +141,8 @@ def timm_to_hf(state_dict: dict) -> tuple[ConvNextConfig, dict, list[str]]:
     """
     _, trunk, ignored = split_layout(state_dict)
     config = infer_config(trunk)
-    renamed, unmatched = _rename(trunk, _TIMM_TO_HF)
-    _raise_unmapped("ConvNeXt checkpoint", unmatched)
+    renamed, unmatched = CONVNEXT_KEYS.rename(trunk)
+    KeyReport("ConvNeXt checkpoint", unmapped=unmatched).raise_if_any()
     # Special case (module doc): conv_mlp checkpoints hold the MLP as 1x1 convolutions.
     hf = {renamed[k]: _as_linear(v) if ".mlp.fc" in k else v for k, v in trunk.items()}
     if "layernorm.weight" not in hf:
@@ -187,8 +159,8 @@ def hf_to_timm(state_dict: dict, prefix: str = "", conv_mlp: bool = False) -> di
     """The inverse of :func:`timm_to_hf`: ``ConvNextModel`` names to timm names, each under
     ``prefix`` (``""`` for timm, :data:`OPEN_CLIP_PREFIX` for open_clip's image trunk).
     ``conv_mlp=True`` writes the block MLP as 1x1-conv weights (4C, C, 1, 1)."""
-    renamed, unmatched = _rename(state_dict, _HF_TO_TIMM)
-    _raise_unmapped("ConvNextModel state dict", unmatched)
+    renamed, unmatched = CONVNEXT_KEYS.rename(state_dict, inverse=True)
+    KeyReport("ConvNextModel state dict", unmapped=unmatched).raise_if_any()
     out = {}
     for key, value in state_dict.items():
         name = renamed[key]

@@ -53,15 +53,16 @@ from transformers.utils import logging as hf_logging
 from ..configuration_chatrex import ChatRexConfig
 from ..image_processing_chatrex import ChatRexImageProcessor
 from ..modeling_chatrex import ChatRexForConditionalGeneration
-from ..official.layout import CONVNEXT_KEY, is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
+from ..official.layout import is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
 from ..official.synthetic import OFFICIAL_ADDED_TOKENS
 from ..presets import OFFICIAL_NUMERICS
 from ..processing_chatrex import ChatRexProcessor
 from ..text.chat_template import resolve_chat_template
 from ..text.special_tokens import add_special_tokens
 from ..utils.devices import DTYPES
+from ..utils.strict_loading import KeyReport
 from .compose import (
-    _check_complete,
+    CLIP_KEYS,
     high_resolution_size,
     map_clip_vision,
     map_convnext,
@@ -69,12 +70,32 @@ from .compose import (
     read_folder_weights,
 )
 from .convnext_timm import hf_to_timm, infer_config
+from .rules import KeyRules
 
-# Where each part lives; ``(?:model\.)?`` accepts the LLaVA-style nesting (module doc). CONVNEXT_KEY
-# lives in .layout with is_official_folder, which the loaders call without importing this module.
-CLIP_KEY = re.compile(r"(?:model\.)?vision_tower\.vision_tower\.(.+)")
-PROJECTOR_KEY = re.compile(r"(?:model\.)?(mm_projector|mm_object_projector)\.(\d+\.(?:weight|bias))")
-LLM_KEY = re.compile(r"model\.(.+)")
+# Official key -> ours (module doc), read both ways by chatrex.convert.rules. The towers keep
+# their own layouts here (the CLIP folder's ``vision_model.*``, timm's ConvNeXt names), which
+# compose.map_clip_vision and convnext_timm map on. The RexSeek nesting comes before the
+# LLaVA-style ``model.`` one, so that to_official_state writes RexSeek's.
+OFFICIAL_TABLE: list[tuple[str, str]] = [
+    ("vision_tower.vision_tower.", "model.vision_low."),
+    ("vision_tower_aux.vision_stages.{s}.blocks.{b}.ramma", "model.vision_high.stages.{s}.blocks.{b}.gamma"),  # sic: the official layer-scale name
+    ("vision_tower_aux.vision_stem.", "model.vision_high.stem."),
+    ("vision_tower_aux.vision_stages.", "model.vision_high.stages."),
+    ("mm_projector.{i}.{p}", "model.mm_projector.{i}.{p}"),
+    ("mm_object_projector.{i}.{p}", "model.mm_object_projector.{i}.{p}"),
+    ("model.vision_tower.vision_tower.", "model.vision_low."),
+    ("model.vision_tower_aux.vision_stages.{s}.blocks.{b}.ramma", "model.vision_high.stages.{s}.blocks.{b}.gamma"),
+    ("model.vision_tower_aux.vision_stem.", "model.vision_high.stem."),
+    ("model.vision_tower_aux.vision_stages.", "model.vision_high.stages."),
+    ("model.mm_projector.{i}.{p}", "model.mm_projector.{i}.{p}"),
+    ("model.mm_object_projector.{i}.{p}", "model.mm_object_projector.{i}.{p}"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("model.", "model.language_model."),  # the LLM body: last, it takes every other model.* key
+]
+OFFICIAL_KEYS = KeyRules(OFFICIAL_TABLE, placeholders={"p": "weight|bias"})
+# Our prefix of each part of the renamed state; split_state strips it and map_state restores it.
+PART_PREFIXES = {"clip": "model.vision_low.", "convnext": "model.vision_high.", "llm": "model.language_model.",
+                 "projectors": "model.mm_", "lm_head": "lm_head."}
 HEAD_KEY = "lm_head.weight"
 
 # mm_* fields whose value changes the numerics or the prompt: only the released values load.
@@ -110,30 +131,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def split_state(state: dict) -> dict[str, dict]:
-    """Official tensors by part: ``clip``, ``convnext`` (timm names), ``projectors`` (ours),
-    ``llm`` (names inside the LLM body) and ``lm_head``. Raises ``ValueError`` listing keys
-    that belong to no part."""
-    parts: dict[str, dict] = {"clip": {}, "convnext": {}, "projectors": {}, "llm": {}, "lm_head": {}}
-    unknown = []
-    for key, value in state.items():
-        if m := CLIP_KEY.fullmatch(key):
-            parts["clip"][m.group(1)] = value
-        elif m := CONVNEXT_KEY.fullmatch(key):
-            rest = re.sub(r"\.ramma$", ".gamma", m.group(2))  # the official layer-scale name
-            parts["convnext"][f"{m.group(1)}.{rest}"] = value
-        elif m := PROJECTOR_KEY.fullmatch(key):
-            parts["projectors"][f"model.{m.group(1)}.{m.group(2)}"] = value
-        elif key == HEAD_KEY:
-            parts["lm_head"][key] = value
-        elif m := LLM_KEY.fullmatch(key):
-            parts["llm"][m.group(1)] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"official checkpoint: {len(unknown)} unknown key(s): {', '.join(sorted(unknown)[:20])}")
-    for part in ("clip", "convnext", "projectors", "llm"):
-        if not parts[part]:
-            raise ValueError(f"official checkpoint: no {part} weights found (expected keys like {_EXAMPLES[part]})")
+    """Official tensors by part (:data:`PART_PREFIXES`, prefix stripped): ``clip`` (CLIP folder
+    names), ``convnext`` (timm names), ``projectors``, ``llm`` (names inside the LLM body) and
+    ``lm_head``. Raises ``ValueError`` listing keys that belong to no part."""
+    renamed, unmapped = OFFICIAL_KEYS.rename(state)
+    parts: dict[str, dict] = {part: {} for part in PART_PREFIXES}
+    for key, new in renamed.items():
+        part = next(p for p, prefix in PART_PREFIXES.items() if new.startswith(prefix))
+        parts[part][new[len(PART_PREFIXES[part]):]] = state[key]
+    empty = [f"no {part} weights found (expected keys like {example})" for part, example in _EXAMPLES.items() if not parts[part]]
+    KeyReport("official checkpoint", unmapped=unmapped, problems=empty).raise_if_any()
     return parts
 
 
@@ -205,7 +212,7 @@ def official_config(official: dict, parts: dict) -> ChatRexConfig:
     high_config.image_size = high_resolution_size(low, high_config)
     tied = bool(official.get("tie_word_embeddings", not parts["lm_head"]))
     if not tied and not parts["lm_head"]:
-        raise ValueError("official checkpoint: missing 1 key(s): lm_head.weight (the config says the embeddings are not tied)")
+        KeyReport("official checkpoint (the config says the embeddings are not tied)", missing=[HEAD_KEY]).raise_if_any()
     text.tie_word_embeddings = tied
     hidden = official.get("mm_hidden_size")
     if hidden is not None and int(hidden) != int(low.hidden_size) + int(high_config.hidden_sizes[-1]):
@@ -224,43 +231,39 @@ def map_state(parts: dict, config: ChatRexConfig) -> dict[str, torch.Tensor]:
     mis-shaped keys against the model ``config`` builds."""
     clip, _ = map_clip_vision(parts["clip"], config.vision_low_config)
     _, convnext, _ = map_convnext(parts["convnext"])
-    state = {f"model.vision_low.{k}": v for k, v in clip.items()}
-    state.update({f"model.vision_high.{k}": v for k, v in convnext.items()})
-    state.update(parts["projectors"])
-    state.update({f"model.language_model.{k}": v for k, v in parts["llm"].items()})
-    state.update(parts["lm_head"])
+    mapped = {**parts, "clip": clip, "convnext": convnext}
+    state = {PART_PREFIXES[part] + key: value for part, tensors in mapped.items() for key, value in tensors.items()}
     with torch.device("meta"):
         expected = ChatRexForConditionalGeneration(config).state_dict()
     if config.tie_word_embeddings:
         expected.pop(HEAD_KEY, None)
         state.pop(HEAD_KEY, None)
-    _check_complete("official checkpoint", state, expected, [])
+    KeyReport.against("official checkpoint", state, expected).raise_if_any()
     return state
 
 
 def to_official_state(state: dict) -> dict[str, torch.Tensor]:
     """The inverse of :func:`map_state`: our state dict -> official key names (RexSeek's
     nesting). Used to write official-layout folders of small random models for tests."""
-    out: dict[str, torch.Tensor] = {}
-    high = {}
-    for key, value in state.items():
-        if key.startswith("model.vision_low."):
-            out["vision_tower.vision_tower.vision_model." + key[len("model.vision_low."):]] = value
-        elif key.startswith("model.vision_high."):
-            if not key.startswith("model.vision_high.layernorm."):  # the official tower has no head norm
-                high[key[len("model.vision_high."):]] = value
-        elif key.startswith(("model.mm_projector.", "model.mm_object_projector.")):
-            out[key[len("model."):]] = value
-        elif key.startswith("model.language_model."):
-            out["model." + key[len("model.language_model."):]] = value
-        elif key == HEAD_KEY:
-            out[key] = value
-        else:
-            raise ValueError(f"{key} has no place in the official layout")
-    for key, value in hf_to_timm(high).items():
-        key = re.sub(r"\.gamma$", ".ramma", key)
-        out["vision_tower_aux.vision_" + key] = value
-    return out
+    low, high = PART_PREFIXES["clip"], PART_PREFIXES["convnext"]
+    # First back to the towers' own layouts (the CLIP folder's, timm's), as split_state gives them.
+    ours = {_clip_folder_name(k, low): v for k, v in state.items() if not k.startswith(high)}
+    tower = {k[len(high):]: v for k, v in state.items() if k.startswith(high)}
+    ours.update({high + k: v for k, v in hf_to_timm(_without_head_norm(tower)).items()})
+    renamed, unmapped = OFFICIAL_KEYS.rename(ours, inverse=True)
+    KeyReport("state dict -> official layout", unmapped=unmapped).raise_if_any()
+    return {renamed[k]: v for k, v in ours.items()}
+
+
+def _clip_folder_name(key: str, low: str) -> str:
+    """``low + CLIPVisionModel key`` -> ``low + CLIP folder key``; other keys unchanged."""
+    return low + CLIP_KEYS.inverse(key[len(low):]) if key.startswith(low) else key
+
+
+def _without_head_norm(tower: dict) -> dict:
+    """The official ConvNeXt has no pooled-output norm (``ConvNextModel.layernorm``, which
+    timm_to_hf starts at the identity when converting it)."""
+    return {k: v for k, v in tower.items() if not k.startswith("layernorm.")}
 
 
 def official_tokenizer(path: str | os.PathLike, vocab_size: int, chat_template: str):

@@ -1,1 +1,1 @@
-"""Torch-free helpers: JSONL, YAML configs, atomic writes, strict loading, devices and dtypes."""
+"""Small helpers, torch-free except devices.py: JSONL, YAML configs, atomic writes, the box check, strict loading, devices and dtypes."""

@@ -119,6 +119,15 @@ def _device_arguments(p) -> None:
                    help="weights dtype (default float32 on cpu, bfloat16 on cuda)")
 
 
+def demo_arguments(p) -> None:
+    """The demo's options, shared by ``chatrex demo`` and ``python -m demo``."""
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+    _device_arguments(p)
+
+
 def _boxes_argument(p) -> None:
     p.add_argument("--boxes", metavar="FILE.json",
                    help="candidate boxes instead of the proposal network's: a JSON list of [x1, y1, x2, y2] in pixels (at most 100)")

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-from .arguments import (  # noqa: F401
+from .arguments import (
     DEFAULT_MODEL,
     UserError,
     _boxes_argument,
@@ -28,10 +28,9 @@ from .arguments import (  # noqa: F401
     _load_image,
     _max_new_tokens,
     _one_line,
-    _predictor,
-    _read_boxes,
     _text_argument,
     _upn_argument,
+    demo_arguments,
 )
 
 
@@ -335,11 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="serve the Gradio chat demo", epilog="example: chatrex demo --port 7860",
                        description="Chat with box answers and a proposals view, on http://HOST:PORT (loopback by default).")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local folder (default {DEFAULT_MODEL})")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    _device_arguments(p)
+    demo_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     # Parsed by their own modules, which print their own --help.

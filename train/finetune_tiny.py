@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from chatrex.evaluation import PROTOCOL_PER_IMAGE
 from chatrex.utils.atomic import atomic_write
 
 # Training runs before both evaluations: the predictor works under torch.inference_mode, and
@@ -38,8 +39,6 @@ from chatrex.utils.atomic import atomic_write
 # later training step in the same process would then use under autograd and fail on.
 STEPS = ("data", "proposals", "train", "before", "after")
 CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_tiny.yaml"
-# Queries per image: the bundled model card's evaluation protocol (benchmarks/eval_bundled.sh).
-PER_IMAGE = {"detection": 4, "referring": 3, "region": 5, "grounded_caption": None, "proposals": None}
 IMAGE_SIZE = 384  # the synthetic world's size the bundle was trained at
 
 
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="samples per step, 4 answers each (default 8)")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate, cosine schedule (default 5e-5; docs/training.md "
                    "has what 1e-4 does)")
-    p.add_argument("--tasks", nargs="+", default=["detection", "referring", "region"], choices=sorted(PER_IMAGE),
+    p.add_argument("--tasks", nargs="+", default=["detection", "referring", "region"], choices=sorted(PROTOCOL_PER_IMAGE),
                    help="chatrex eval tasks before and after (default: detection referring region)")
     p.add_argument("--jobs", type=int, default=2, help="processes for rendering and proposals (default 2, one per core here)")
     p.add_argument("--from", dest="from_step", choices=STEPS, help="redo this step and every step after it")
@@ -150,7 +149,7 @@ class Recipe:
 
     def _eval_settings(self, model: str) -> dict:
         return {"model": model, "data": str(self.eval_dir), "limit": self.args.eval_images, "tasks": list(self.args.tasks),
-                "per_image": {t: PER_IMAGE[t] for t in self.args.tasks}, "weights": _weights_stamp(model)}
+                "per_image": {t: PROTOCOL_PER_IMAGE[t] for t in self.args.tasks}, "weights": _weights_stamp(model)}
 
     def _eval_done(self, path: Path, model: str) -> bool:
         return path.is_file() and json.loads(path.read_text()).get("settings") == self._eval_settings(model)
@@ -168,7 +167,7 @@ class Recipe:
         predictor.upn = self.shared
         results = {}
         for task in self.args.tasks:
-            per_image = PER_IMAGE[task]
+            per_image = PROTOCOL_PER_IMAGE[task]
             print(f"chatrex eval --model {model} --data {self.eval_dir} --task {task} --limit {self.args.eval_images}"
                   + (f" --per-image {per_image}" if per_image else ""), flush=True)
             table = evaluate(model, str(self.eval_dir), task, limit=self.args.eval_images, predictor=predictor, per_image=per_image)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib
 
+# Queries per image of the bundled model card's evaluation protocol (benchmarks/eval_bundled.sh
+# passes the same numbers as --per-image); None: every region/caption.
+PROTOCOL_PER_IMAGE = {"detection": 4, "referring": 3, "region": 5, "grounded_caption": None, "proposals": None}
+
 __all__ = ["ClassCounts", "coco_map", "detection_precision_recall", "greedy_match", "match_detections", "proposal_recall", "referring_correct"]
 
 

@@ -32,7 +32,6 @@ import numpy as np
 
 TARGETS = {"referring": 0.85, "no_target": 0.90, "det_precision": 0.90, "det_recall": 0.90, "region": 0.90,
            "caption_recall": 0.80, "caption_precision": 0.90}
-PER_IMAGE = {"detection": 4, "referring": 3, "region": 5}
 
 
 def target_score(row: dict) -> float:
@@ -46,14 +45,15 @@ def target_score(row: dict) -> float:
 
 def evaluate_model(predictor, data: str, limit: int | None, caption_images: int, batch_size: int = 8) -> dict:
     """The validation row of one model (fractions in [0, 1])."""
+    from chatrex.evaluation import PROTOCOL_PER_IMAGE
     from chatrex.evaluation.runner import evaluate
 
     def run(task, per_image, n=limit):
         return evaluate("", data, task, limit=n, predictor=predictor, per_image=per_image, progress=False, batch_size=batch_size).metrics
 
-    ref = run("referring", PER_IMAGE["referring"])
-    det = run("detection", PER_IMAGE["detection"])
-    reg = run("region", PER_IMAGE["region"])
+    ref = run("referring", PROTOCOL_PER_IMAGE["referring"])
+    det = run("detection", PROTOCOL_PER_IMAGE["detection"])
+    reg = run("region", PROTOCOL_PER_IMAGE["region"])
     row = {"referring": ref["acc@0.5"], "no_target": ref["acc (no-target queries)"], "det_precision": det["precision@0.5"],
            "det_recall": det["recall@0.5"], "mAP": det.get("mAP@[.5:.95]", det.get("mAP")), "region": reg["category accuracy"]}
     if caption_images:
@@ -68,6 +68,8 @@ def export_checkpoint(checkpoint: str, init: str, out: str) -> str:
     import torch
     from safetensors.torch import load_file
 
+    from chatrex.utils.strict_loading import KeyReport
+
     from ..checkpointing import save_pretrained_atomic
     from ..model_loading import load_model_and_processor, upn_folder
 
@@ -75,8 +77,7 @@ def export_checkpoint(checkpoint: str, init: str, out: str) -> str:
     state = load_file(os.path.join(checkpoint, "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")} if model.config.get_text_config().tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"checkpoint {checkpoint} does not fit {init}: missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    KeyReport(f"checkpoint {checkpoint} does not fit {init}", missing=sorted(set(missing) - tied), unexpected=list(unexpected)).raise_if_any()
     model.tie_weights()
     with torch.no_grad():
         return save_pretrained_atomic(model, processor, out, upn=upn_folder(init))

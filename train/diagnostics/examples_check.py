@@ -36,14 +36,14 @@ def check(predictor, examples_dir: str = EXAMPLES) -> dict:
         for obj in example["objects"]:
             for level in LEVELS:
                 det = predictor.detect(obj[level])
-                ok = bool(det.boxes) and float(_iou([obj["box"]], det.boxes).max()) >= 0.5
+                best = float(_iou([obj["box"]], det.boxes).max()) if det.boxes else 0.0
+                ok = best >= 0.5
                 out["found"] += ok
                 out["total"] += 1
                 if n == 0:
                     out["first_image_found"] += ok
                     out["first_image_total"] += 1
                 if not ok:
-                    best = float(_iou([obj["box"]], det.boxes).max()) if det.boxes else 0.0
                     out["misses"].append({"image": example["image"], "level": level, "query": obj[level], "answer": det.answer, "best_iou": round(best, 2)})
     return out
 

@@ -3,8 +3,9 @@
 The public names load on first use (PEP 562), so that ``import chatrex`` and the CLI's start
 cost no torch/transformers import: ``chatrex convert`` with a missing folder answers in well
 under a second, and a command only pays for what it runs. Importing a model class registers
-ChatRex with transformers' auto classes (``modeling_chatrex``); ``chatrex.register_auto()``
-does it explicitly for code that only calls ``AutoModel*.from_pretrained``.
+ChatRex with transformers' auto classes (``modeling_chatrex``, and ``processing_chatrex`` for
+``AutoProcessor``); ``chatrex.register_auto()`` does it explicitly for code that only calls
+``AutoModel*.from_pretrained`` / ``AutoProcessor.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ __all__ = list(_EXPORTS) + ["register_auto"]
 
 
 def register_auto() -> None:
-    """Make ``AutoConfig`` / ``AutoModel*`` ``.from_pretrained(dir)`` resolve ChatRex folders."""
+    """Make ``AutoConfig`` / ``AutoModel*`` / ``AutoProcessor`` ``.from_pretrained(dir)`` resolve ChatRex folders."""
     importlib.import_module(".modeling_chatrex", __name__)  # registers on import
+    importlib.import_module(".processing_chatrex", __name__)
 
 
 def __getattr__(name: str):

@@ -5,6 +5,13 @@ The model never tokenises. The processor turns (image, boxes, conversation) into
 * the first user turn is prefixed with ``<image>\\n<obj0><objfeat>...<objK-1><objfeat>\\n``;
 * the chat template is applied; ``<image>`` is expanded to one placeholder per visual token;
 * labels are ``-100`` everywhere except on assistant answers (and their end-of-turn token).
+
+It is a ``transformers.ProcessorMixin`` registered for :class:`ChatRexConfig`, so
+``AutoProcessor.from_pretrained(folder)`` returns it once this module is imported
+(``chatrex.register_auto()``). The folder format is this class's own (``processor_config.json``
+with the image settings nested, the tokenizer files beside it): ``ProcessorMixin``'s
+``__init__``/persistence would need a ``transformers`` image processor, and
+:class:`ChatRexImageProcessor` is a plain settings dataclass, so they are overridden here.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import os
 from typing import Sequence
 
 import torch
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
 from upn.image_processing import to_rgb_image
 
+from .configuration_chatrex import ChatRexConfig
 from .image_processing_chatrex import ChatRexImageProcessor, ImageMeta
 from .text.chat_template import CHATML_TEMPLATE, normalize_messages
 from .text.prompts import prompt_set
@@ -27,9 +35,11 @@ from .utils.atomic import atomic_write
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100
 PROPOSAL_KEYS = {"prompt_type", "min_score", "nms_iou"}
+# What AutoProcessor.from_pretrained passes on; meaningless for a local folder.
+AUTO_KWARGS = {"trust_remote_code", "_from_auto", "revision"}
 
 
-class ChatRexProcessor:
+class ChatRexProcessor(ProcessorMixin):
     """Turns images, boxes and conversations into ChatRex model inputs.
 
     Args:
@@ -46,6 +56,7 @@ class ChatRexProcessor:
 
     def __init__(self, tokenizer, image_processor: ChatRexImageProcessor, num_image_tokens: int, prompt_style: str = "chatrex",
                  proposals: dict | None = None):
+        # ProcessorMixin.__init__ is not called: it requires a transformers image processor.
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"ChatRexProcessor needs a fast tokenizer, got {type(tokenizer).__name__}")
         if num_image_tokens <= 0:
@@ -71,21 +82,29 @@ class ChatRexProcessor:
         return cls(tokenizer, image_processor, config.num_image_tokens)
 
     # -- persistence ---------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        os.makedirs(save_directory, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        payload = {
+    def to_dict(self) -> dict:
+        """The ``processor_config.json`` payload (also what ``ProcessorMixin``'s ``repr`` shows)."""
+        return {
             "processor_class": type(self).__name__,
             "num_image_tokens": self.num_image_tokens,
             "image_processor": self.image_processor.to_dict(),
             "prompt_style": self.prompts.name,
             "proposals": self.proposals,
         }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
         with atomic_write(os.path.join(save_directory, PROCESSOR_CONFIG_NAME)) as f:
-            json.dump(payload, f, indent=2)
+            json.dump(self.to_dict(), f, indent=2)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "ChatRexProcessor":
+    def from_pretrained(cls, directory: str | os.PathLike, **auto_kwargs) -> "ChatRexProcessor":
+        """Load a local folder written by :meth:`save_pretrained`. ``auto_kwargs`` are the
+        arguments ``AutoProcessor.from_pretrained`` adds (no remote code is ever run)."""
+        unknown = set(auto_kwargs) - AUTO_KWARGS
+        if unknown:
+            raise TypeError(f"ChatRexProcessor.from_pretrained got unexpected arguments {sorted(unknown)}")
         path = os.path.join(directory, PROCESSOR_CONFIG_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"{directory!s} has no {PROCESSOR_CONFIG_NAME}; was it saved with ChatRexProcessor.save_pretrained?")
@@ -262,3 +281,10 @@ class ChatRexProcessor:
             if tok:
                 text = text.replace(tok, "")
         return text.strip()
+
+
+# AutoProcessor.from_pretrained(dir) finds this class by the processor_class in the folder's
+# processor_config.json (or by ChatRexConfig), once this module is imported; exist_ok keeps
+# re-imports harmless. ChatRexImageProcessor is not a transformers image processor and is not
+# registered with AutoImageProcessor.
+AutoProcessor.register(ChatRexConfig, ChatRexProcessor, exist_ok=True)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -96,3 +98,56 @@ def test_real_qwen_tokenizer_in_processor(qwen_tokenizer_dir, rgb_image):
     # turn: the model must produce it after the generation prompt, so it carries loss too.
     assert labelled.endswith("<ground>red car</ground><objects><obj1></objects><|im_end|>")
     assert "find the red car" not in labelled and "user" not in labelled
+
+
+def _same_batch(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "boxes":
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key]))
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def _auto_matches_direct(folder, rgb_image, reference=None):
+    """AutoProcessor resolves the folder to a ChatRexProcessor (through the registration in
+    processing_chatrex) that builds the same batch as ChatRexProcessor.from_pretrained."""
+    from transformers import AutoProcessor
+
+    auto = AutoProcessor.from_pretrained(folder)
+    assert type(auto) is ChatRexProcessor
+    direct = ChatRexProcessor.from_pretrained(folder)
+    assert auto.to_dict() == direct.to_dict()
+    kwargs = dict(images=[rgb_image, None], conversations=["find the red car", "hi"], boxes=[BOXES, None], add_generation_prompt=True)
+    batch = auto(**kwargs)
+    _same_batch(batch, direct(**kwargs))
+    if reference is not None:
+        _same_batch(batch, reference(**kwargs))
+
+
+def test_auto_processor_round_trips_a_saved_processor_folder(proc, tmp_path, rgb_image):
+    proc.save_pretrained(tmp_path)  # a processor alone: no config.json beside it
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved == json.loads(json.dumps(proc.to_dict())) and set(saved) == {"processor_class", "num_image_tokens", "image_processor", "prompt_style", "proposals"}
+    _auto_matches_direct(tmp_path, rgb_image, reference=proc)
+
+
+def test_auto_processor_loads_a_model_folder_and_the_bundled_model(tiny_bundle_dir, rgb_image):
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    from chatrex import ChatRexConfig
+    from chatrex.predictor import BUNDLED_DIR
+
+    assert PROCESSOR_MAPPING[ChatRexConfig] is ChatRexProcessor
+    _auto_matches_direct(tiny_bundle_dir, rgb_image)
+    _auto_matches_direct(BUNDLED_DIR / "chatrex-tiny", rgb_image)
+
+
+def test_processor_mixin_without_changing_the_class_contract(proc, tmp_path):
+    from transformers import ProcessorMixin
+
+    assert isinstance(proc, ProcessorMixin)
+    assert '"num_image_tokens"' in repr(proc)  # ProcessorMixin's repr, through to_dict
+    proc.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="use_fast"):
+        ChatRexProcessor.from_pretrained(tmp_path, use_fast=False)

@@ -114,6 +114,26 @@ class RunConfig:
     deepspeed: str | None = None
     """Path to a DeepSpeed JSON config (e.g. train/configs/deepspeed/zero2.json)."""
 
+    def validate(self) -> "RunConfig":
+        """Raise ``ValueError`` naming the first bad field (``train.<field>``, as in the YAML)."""
+        checks = {
+            "max_steps": self.max_steps > 0,
+            "batch_size": self.batch_size > 0,
+            "grad_accum": self.grad_accum > 0,
+            "save_every": self.save_every > 0,
+            "eval_every": self.eval_every > 0,
+            "log_every": self.log_every > 0,
+            "keep_checkpoints": self.keep_checkpoints > 0,
+            "max_minutes": self.max_minutes is None or self.max_minutes > 0,
+            "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid train.{name}: {getattr(self, name)!r}")
+        if self.deepspeed is not None and not os.path.isfile(self.deepspeed):
+            raise ValueError(f"train.deepspeed file {self.deepspeed!r} does not exist")
+        return self
+
 
 @dataclass
 class TrainConfig:
@@ -137,15 +157,8 @@ class TrainConfig:
                 raise ValueError(f"data.exclude file {path!r} does not exist")
         if self.data.task_weights is None:
             self.data.task_weights = dict(DEFAULT_TASK_WEIGHTS[self.stage])
+        self.train.validate()
         checks = {
-            "train.max_steps": self.train.max_steps > 0,
-            "train.batch_size": self.train.batch_size > 0,
-            "train.grad_accum": self.train.grad_accum > 0,
-            "train.save_every": self.train.save_every > 0,
-            "train.eval_every": self.train.eval_every > 0,
-            "train.log_every": self.train.log_every > 0,
-            "train.keep_checkpoints": self.train.keep_checkpoints > 0,
-            "train.max_minutes": self.train.max_minutes is None or self.train.max_minutes > 0,
             "data.max_boxes": 1 <= self.data.max_boxes <= 100,
             "data.dedup_iou": 0 < self.data.dedup_iou <= 1,
             "data.num_workers": self.data.num_workers >= 0,
@@ -153,7 +166,6 @@ class TrainConfig:
             "data.answer_format": self.data.answer_format in ("indices", "coordinates"),
             "optim.warmup_steps": self.optim.warmup_steps >= 0,
             "optim.max_grad_norm": self.optim.max_grad_norm > 0,
-            "train.mixed_precision": self.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -163,8 +175,6 @@ class TrainConfig:
             raise ValueError("data.oracle_object_features needs data.feature_cache: true (oracle rows replace the cached box features)")
         if self.data.oracle_parent_features and not self.data.oracle_object_features:
             raise ValueError("data.oracle_parent_features needs data.oracle_object_features: true")
-        if self.train.deepspeed is not None and not os.path.isfile(self.train.deepspeed):
-            raise ValueError(f"train.deepspeed file {self.train.deepspeed!r} does not exist")
         # Imports the model code, so it comes after the cheap checks; the ValueError names the
         # presets and the bundled models.
         from .model_loading import init_folder

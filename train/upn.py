@@ -12,9 +12,10 @@ counted; boxes reaching outside the image are clipped to it and dropped if
 nothing is left; ``iscrowd`` boxes are skipped. A zero-size or unreadable image
 raises an error naming the file.
 
-Data order depends only on (seed, step), so ``--resume`` continues exactly:
-the checkpoint (model, optimizer, scheduler, RNG, step) is written to a temp
-file and moved into place (``chatrex.utils.atomic``).
+The loop is the project's one training loop (``train.loop``): data order and flips depend
+only on (seed, epoch), ``--resume`` continues exactly from the newest atomic checkpoint,
+``--max-minutes``, ``--grad-accum``, mixed precision and DeepSpeed work as in every stage,
+and losses go to ``OUTPUT_DIR/metrics.jsonl``.
 """
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ from collections import Counter, defaultdict
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
-from tqdm.auto import tqdm
 
-from chatrex.utils.atomic import atomic_path, replace_dir
 from upn import UPNModel, get_config
 from upn.image_processing import resize_normalize, resized_size, to_rgb_image
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from .dataset import EpochSampler
+from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
+
 GRANULARITIES = ("coarse", "fine")
 
 
@@ -80,21 +81,24 @@ def load_coco_sources(sources: list[tuple[str, str]], image_root: str | None) ->
 
 
 class UPNDetectionDataset(Dataset):
-    """Items are (index, flip) pairs from ``StepBatchSampler``; returns a dict with
-    ``pixel_values`` (3, H, W) normalised, ``boxes`` (K, 4) normalised cxcywh
+    """Items are :class:`~train.dataset.EpochSampler` keys (``epoch * N + i``): sample ``i``,
+    flipped horizontally with probability 1/2 seeded by (``seed``, key) when ``flip``. Returns a
+    dict with ``pixel_values`` (3, H, W) normalised, ``boxes`` (K, 4) normalised cxcywh
     (clipped to the image) and ``granularity``."""
 
-    def __init__(self, samples: list[dict], short_side: int, max_size: int, mean, std) -> None:
+    def __init__(self, samples: list[dict], short_side: int, max_size: int, mean, std, flip: bool = False,
+                 seed: int = 0) -> None:
         self.samples = samples
         self.short_side, self.max_size = short_side, max_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.flip, self.seed = flip, seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: tuple[int, bool]) -> dict:
-        index, flip = item
-        s = self.samples[index]
+    def __getitem__(self, key: int) -> dict:
+        s = self.samples[key % len(self.samples)]
+        flip = self.flip and random.Random(self.seed * 7_919 + key).random() < 0.5
         try:
             with Image.open(s["path"]) as im:
                 image = to_rgb_image(im)
@@ -126,33 +130,54 @@ def collate(batch: list[dict]) -> dict:
             "granularity": [b["granularity"] for b in batch]}
 
 
-class StepBatchSampler:
-    """Batches for steps [start_step, total_steps): epoch e is a permutation seeded by
-    (seed, e); the flip of each position is seeded too. Depends only on the step,
-    so resuming reproduces the data order. Process ``rank`` of ``world`` takes its slice."""
+class UPNTask(TrainingTask):
+    """UPN on COCO detection files (module doc), for :func:`train.loop.run_training`."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, total_steps: int,
-                 flip: bool, rank: int = 0, world: int = 1) -> None:
-        self.n, self.bs, self.seed = n, batch_size, seed
-        self.start, self.total, self.flip = start_step, total_steps, flip
-        self.rank, self.world = rank, world
-        self._perms: dict[int, list[int]] = {}
+    description = "train upn"
 
-    def _index(self, pos: int) -> int:
-        epoch = pos // self.n
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
-        return self._perms[epoch][pos % self.n]
+    def __init__(self, args: argparse.Namespace, sources: list[tuple[str, str]]):
+        self.args, self.sources = args, sources
 
-    def __len__(self) -> int:
-        return max(self.total - self.start, 0)
+    def build(self, accelerator):
+        args = self.args
+        model = UPNModel(get_config(args.preset)) if args.init is None else UPNModel.from_pretrained(args.init)
+        config = model.config
+        if args.short_side is not None or args.max_size is not None:
+            short = args.short_side or config.image.short_side
+            # dataclasses.replace re-runs validation; the saved model keeps the training resize rule.
+            config.image = dataclasses.replace(config.image, short_side=short,
+                                               max_size=args.max_size or max(config.image.max_size, short))
+        samples, skipped = load_coco_sources(self.sources, args.image_root)
+        if not samples:
+            raise ValueError(f"the COCO files {[path for path, _ in self.sources]} contain no images")
+        self.dataset = UPNDetectionDataset(samples, config.image.short_side, config.image.max_size, config.image.mean,
+                                           config.image.std, flip=not args.no_flip, seed=args.seed)
+        accelerator.print(f"UPN {config.name}: {model.num_parameters() / 1e6:.2f}M params, "
+                          f"{len(samples)} samples ({dict(Counter(s['granularity'] for s in samples))}), "
+                          f"skipped annotations: {dict(skipped) or 'none'}")
+        return model
 
-    def __iter__(self):
-        for step in range(self.start, self.total):
-            base = (step * self.world + self.rank) * self.bs
-            yield [(self._index(p), self.flip and random.Random(self.seed * 7_919 + p).random() < 0.5)
-                   for p in range(base, base + self.bs)]
+    def param_groups(self, module):
+        backbone = [p for n, p in module.named_parameters() if n.startswith("backbone.body.")]
+        rest = [p for n, p in module.named_parameters() if not n.startswith("backbone.body.")]
+        return [{"name": "backbone", "params": backbone}, {"name": "transformer+heads+prompts", "params": rest}]
+
+    def scheduler(self, optimizer, max_steps):
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        # Cosine to 10% of peak: late steps refine boxes without oscillating. (transformers' warm-up
+        # starts at lr 0 on step 0, one step behind the hand-written schedule upn-tiny was trained with.)
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, self.args.warmup_steps, max_steps, min_lr_rate=0.1)
+
+    def train_data(self):
+        return TrainingData(self.dataset, EpochSampler(len(self.dataset), seed=self.args.seed), collate)
+
+    def loss(self, model, batch):
+        losses = model(batch["pixel_values"], batch["granularity"], targets=batch["targets"], pixel_mask=batch["pixel_mask"])
+        return losses["loss"], {k: round(v.item(), 5) for k, v in losses.items() if k != "loss"}
+
+    def save(self, module, folder, state_dict):
+        module.save_pretrained(folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,16 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "(whole objects vs parts); a category's own \"granularity\" field overrides it.",
         epilog="Example: python -m train.upn --coarse shapes/train.json --fine parts/train.json "
                "--preset upn-tiny --steps 5000 --output-dir runs/upn-tiny. "
-               "Outputs: OUTPUT_DIR/checkpoint.pt (resume state), OUTPUT_DIR/model/ "
-               "(config.json + model.safetensors for UPNPredictor.from_pretrained), "
-               "OUTPUT_DIR/log.jsonl (losses).")
+               "Outputs: OUTPUT_DIR/final/ (config.json + model.safetensors for UPNPredictor.from_pretrained), "
+               "OUTPUT_DIR/checkpoint-NNNNNNNN/ (resume state), OUTPUT_DIR/metrics.jsonl (losses).")
     p.add_argument("--coarse", action="append", default=[], metavar="JSON",
                    help="COCO file whose boxes are coarse (whole objects); repeatable")
     p.add_argument("--fine", action="append", default=[], metavar="JSON",
                    help="COCO file whose boxes are fine (parts); repeatable")
     p.add_argument("--image-root", default=None,
                    help="folder that file_name is relative to (default: each JSON's folder)")
-    p.add_argument("--output-dir", required=True, help="where checkpoints, model and log go")
+    p.add_argument("--output-dir", required=True, help="where checkpoints, the model (final/) and metrics go")
     p.add_argument("--preset", default="upn-tiny", help="model preset (upn-tiny, upn-large)")
     p.add_argument("--init", default=None, help="start from a save_pretrained folder instead of random init")
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
@@ -180,126 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4, help="peak AdamW learning rate (default 2e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
-    p.add_argument("--clip-grad", type=float, default=0.1, help="max grad norm (DETR default 0.1)")
+    p.add_argument("--clip-grad", type=float, default=0.1, help="max grad norm (DETR default 0.1; 0: no clipping)")
     p.add_argument("--short-side", type=int, default=None, help="resize short side (default: preset's)")
     p.add_argument("--max-size", type=int, default=None, help="cap on the long side (default: preset's)")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order and flips (default 0)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
-    p.add_argument("--log-every", type=int, default=10, help="append losses to log.jsonl every N steps")
+    p.add_argument("--log-every", type=int, default=10, help="append losses to metrics.jsonl every N steps")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUTPUT_DIR/checkpoint.pt (exact: same data order and RNG)")
+                   help="continue from the newest OUTPUT_DIR/checkpoint-* (exact: same data order and RNG)")
     p.add_argument("--cpu", action="store_true", help="force CPU even if an accelerator is present")
+    add_loop_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    from .library_messages import name_cpu_accelerator_for_deepspeed
-
     args = build_parser().parse_args(argv)
     sources = [(f, "coarse") for f in args.coarse] + [(f, "fine") for f in args.fine]
     if not sources:
         raise SystemExit("error: give at least one --coarse or --fine COCO file")
-    for name in ("steps", "batch_size", "save_every", "log_every"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
-
-    name_cpu_accelerator_for_deepspeed()  # accelerate imports DeepSpeed in unwrap_model
-    accelerator = Accelerator(cpu=args.cpu)
-    set_seed(args.seed)
-    config = get_config(args.preset) if args.init is None else None
-    model = UPNModel(config) if args.init is None else UPNModel.from_pretrained(args.init)
-    config = model.config
-    if args.short_side is not None or args.max_size is not None:
-        short = args.short_side or config.image.short_side
-        # dataclasses.replace re-runs validation; the saved model keeps the training resize rule.
-        config.image = dataclasses.replace(config.image, short_side=short,
-                                           max_size=args.max_size or max(config.image.max_size, short))
-
-    samples, skipped = load_coco_sources(sources, args.image_root)
-    if not samples:
-        raise SystemExit("error: the COCO files contain no images")
-    dataset = UPNDetectionDataset(samples, config.image.short_side, config.image.max_size,
-                                  config.image.mean, config.image.std)
-    accelerator.print(f"UPN {config.name}: {model.num_parameters() / 1e6:.2f}M params, "
-                      f"{len(samples)} samples ({dict(Counter(s['granularity'] for s in samples))}), "
-                      f"skipped annotations: {dict(skipped) or 'none'}")
-
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.body.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.body.")]
-    groups = [{"name": "backbone", "params": backbone}, {"name": "transformer+heads+prompts", "params": rest}]
-    for g in groups:
-        accelerator.print(f"  param group {g['name']}: {sum(p.numel() for p in g['params']) / 1e6:.2f}M")
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    # Cosine to 10% of peak: late steps refine boxes without oscillating. (transformers' warm-up
-    # starts at lr 0 on step 0, one step behind the hand-written schedule upn-tiny was trained with.)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, args.warmup_steps, args.steps, min_lr_rate=0.1)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
-    start_step = 0
-    if args.resume:
-        if not os.path.isfile(ckpt_path):
-            raise SystemExit(f"error: --resume given but {ckpt_path} does not exist")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        accelerator.unwrap_model(model).load_state_dict_checked(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step = int(state["step"])
-        accelerator.print(f"resumed from {ckpt_path} at step {start_step}")
-
-    sampler = StepBatchSampler(len(dataset), args.batch_size, args.seed, start_step, args.steps,
-                               flip=not args.no_flip, rank=accelerator.process_index,
-                               world=accelerator.num_processes)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.num_workers)
-
-    def checkpoint(step: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        raw = accelerator.unwrap_model(model)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "step": step, "config": raw.config.to_dict()}, tmp)
-        with replace_dir(os.path.join(args.output_dir, "model")) as tmp:  # config and weights as one
-            raw.save_pretrained(tmp)
-
-    model.train()
-    step = start_step
-    log_path = os.path.join(args.output_dir, "log.jsonl")
-    bar = tqdm(loader, total=len(sampler), initial=0, desc="train upn",
-               disable=not accelerator.is_local_main_process)
-    for batch in bar:
-        device = accelerator.device
-        losses = model(batch["pixel_values"].to(device), batch["granularity"],
-                       targets=batch["targets"], pixel_mask=batch["pixel_mask"].to(device))
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss {loss.item()} at step {step}; "
-                               f"last good checkpoint: {ckpt_path}")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if args.clip_grad > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.set_postfix(loss=f"{loss.detach().item():.3f}", step=step)
-        if accelerator.is_main_process and (step % args.log_every == 0 or step == args.steps):
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0],
-                                     **{k: round(v.item(), 5) for k, v in losses.items()}}) + "\n")
-        if step % args.save_every == 0 or step == args.steps:
-            checkpoint(step)
-    accelerator.wait_for_everyone()
-    accelerator.print(f"done at step {step}; model in {os.path.join(args.output_dir, 'model')}")
+    if args.num_workers < 0:
+        raise SystemExit(f"error: --num-workers must be >= 0, got {args.num_workers}")
+    try:
+        run = run_config(args, args.output_dir, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    run_training(UPNTask(args, sources), run, max_grad_norm=args.clip_grad if args.clip_grad > 0 else None,
+                 num_workers=args.num_workers, resume=args.resume, force_cpu=args.cpu,
+                 optimizer_options={"lr": args.lr, "weight_decay": args.weight_decay})
+    print(f"model in {os.path.join(args.output_dir, 'final')}")
     return 0
 
 

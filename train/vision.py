@@ -20,7 +20,10 @@ Examples::
 
     python -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \\
         --init chatrex-tiny-scratch --tokenizer runs/tokenizer --steps 1500 --out runs/chatrex-tiny/vision
-    python -m train.vision ... --resume      # continue from OUT/last after a crash or Ctrl-C
+    python -m train.vision ... --resume      # continue exactly from the newest OUT/checkpoint-*
+
+It runs in the project's one training loop (``train.loop``): exact resume, ``--max-minutes``,
+``--grad-accum``, mixed precision, DeepSpeed and ``OUT/metrics.jsonl`` as in every stage.
 """
 
 from __future__ import annotations
@@ -30,20 +33,19 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from chatrex.image_processing_chatrex import load_image
 from chatrex.processing_chatrex import IGNORE_INDEX
-from chatrex.utils.atomic import replace_dir
 from chatrex.utils.jsonl import JsonlRecords
 
-from .checkpointing import save_pretrained_atomic, save_pretrained_into
+from .checkpointing import save_pretrained_into
+from .dataset import EpochSampler
+from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
 
 ATTRIBUTES = ("color", "size", "pattern")
 BACKGROUND = "background"
@@ -104,7 +106,8 @@ def _patch_labels(boxes: torch.Tensor, labels: list[dict], grid: int) -> dict[st
 
 
 class RegionDataset(torch.utils.data.Dataset):
-    """One item per record: preprocessed images, normalised boxes (K, 4) and labels."""
+    """One item per record: preprocessed images, normalised boxes (K, 4) and labels. Any
+    integer key reads record ``key % N`` (the loop's :class:`~train.dataset.EpochSampler` keys)."""
 
     def __init__(self, paths, image_processor, labels: LabelSpace, grid: int):
         self.records = JsonlRecords(paths)
@@ -114,7 +117,7 @@ class RegionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
-        rec = self.records[i]
+        rec = self.records[i % len(self.records)]
         image = load_image(rec["image"])
         regions = rec.get("regions", [])[: self.ip.max_objects]
         low, high, meta = self.ip.preprocess(image)
@@ -181,22 +184,107 @@ def forward_losses(model, heads: VisionHeads, batch, reference=None, preserve: f
     return loss, acc
 
 
-@torch.no_grad()
-def evaluate(model, heads, loader) -> dict[str, float]:
-    totals: dict[str, list[float]] = {}
-    for batch in loader:
-        _, acc = forward_losses(model, heads, batch)
-        for k, v in acc.items():
-            totals.setdefault(k, []).append(v)
-    return {k: round(sum(v) / len(v), 4) for k, v in totals.items()}
+class VisionStage(nn.Module):
+    """The trained module: the ChatRex model (only its towers train) and the heads. ``forward``
+    returns ``(loss, accuracies)`` of :func:`forward_losses`; with ``freeze_low`` the CLIP tower
+    stays in eval mode whatever ``train()`` is asked."""
+
+    def __init__(self, model, heads: VisionHeads, reference=None, preserve: float = 0.0, freeze_low: bool = False):
+        super().__init__()
+        self.model, self.heads = model, heads
+        self._reference = (reference,)  # a tuple: frozen, not a submodule (not saved, not trained)
+        self.preserve, self.freeze_low = preserve, freeze_low
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_low:
+            self.model.model.vision_low.eval()
+        return self
+
+    def forward(self, batch, preserve: bool = True):
+        reference = self._reference[0]
+        if reference is not None and preserve:
+            reference.to(batch["high"].device)
+        return forward_losses(self.model, self.heads, batch, reference if preserve else None, self.preserve)
 
 
-def _save(model, processor, heads, optimizer, scheduler, step: int, out: str, name: str) -> None:
-    """Write ``out/name`` atomically: model + processor (save_pretrained), heads and optimizer."""
-    with replace_dir(os.path.join(out, name)) as tmp:
-        save_pretrained_into(tmp, model, processor)
-        torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "rng": torch.get_rng_state()}, os.path.join(tmp, "vision_state.pt"))
+class VisionTask(TrainingTask):
+    """Stage 0 for :func:`train.loop.run_training` (module doc)."""
+
+    description = "vision"
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def build(self, accelerator):
+        from .model_loading import load_model_and_processor, upn_folder
+
+        args = self.args
+        model, self.processor = load_model_and_processor(args.init, args.tokenizer)
+        self.upn = upn_folder(args.init)
+        train_records = JsonlRecords(args.records)
+        self.labels = LabelSpace(train_records.raw(i) for i in range(len(train_records)))
+        if accelerator.is_main_process:
+            with open(os.path.join(args.out, "labels.json"), "w") as f:
+                json.dump(self.labels.to_dict(), f, indent=1)
+        self.grid = model.config.vision_low_config.image_size // model.config.vision_low_config.patch_size
+        object_dim = sum(model.model.vision_high.config.hidden_sizes[i] for i in model.model.object_encoder.feature_levels)
+        heads = VisionHeads(self.labels, object_dim, model.config.vision_low_config.hidden_size)
+        reference = None
+        if args.preserve > 0:
+            # The starting towers, frozen (on --resume too: the run's --init, not a checkpoint).
+            reference, _ = load_model_and_processor(args.init, args.tokenizer)
+            reference.eval().requires_grad_(False)
+        model.requires_grad_(False)
+        towers = [model.model.vision_high] + ([] if args.freeze_low else [model.model.vision_low])
+        for tower in towers:
+            tower.requires_grad_(True)
+        return VisionStage(model, heads, reference, args.preserve, args.freeze_low)
+
+    def param_groups(self, module):
+        towers = [p for p in module.model.parameters() if p.requires_grad]
+        return [{"name": "vision towers", "params": towers}, {"name": "heads", "params": list(module.heads.parameters())}]
+
+    def scheduler(self, optimizer, max_steps):
+        return get_cosine_schedule_with_warmup(optimizer, self.args.warmup_steps, max_steps)
+
+    def train_data(self):
+        data = RegionDataset(self.args.records, self.processor.image_processor, self.labels, self.grid)
+        return TrainingData(data, EpochSampler(len(data), seed=self.args.seed), collate)
+
+    def loss(self, model, batch):
+        loss, acc = model(batch)
+        return loss, {k: round(v, 4) for k, v in acc.items()}
+
+    @torch.no_grad()
+    def evaluate(self, module, device):
+        if not self.args.eval:
+            return {}
+        from accelerate.utils import send_to_device
+
+        was_training = module.training
+        module.eval()
+        loader = torch.utils.data.DataLoader(RegionDataset(self.args.eval, self.processor.image_processor, self.labels, self.grid),
+                                             batch_size=self.args.batch_size, collate_fn=collate)
+        totals: dict[str, list[float]] = {}
+        for batch in loader:
+            _, acc = module(send_to_device(batch, device), preserve=False)
+            for k, v in acc.items():
+                totals.setdefault(k, []).append(v)
+        module.train(was_training)
+        return {k: round(sum(v) / len(v), 4) for k, v in totals.items()}
+
+    def extra_state(self):
+        return {"labels": self.labels.to_dict()}
+
+    def load_extra_state(self, state):
+        if state.get("labels", self.labels.to_dict()) != self.labels.to_dict():
+            raise ValueError(f"the records' labels differ from the checkpoint's: {state['labels']} != {self.labels.to_dict()}; "
+                             "resume with the same --records")
+
+    def save(self, module, folder, state_dict):
+        towers = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+        save_pretrained_into(folder, module.model, self.processor, self.upn, towers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="chatrex-tiny-scratch",
                    help="preset name (random weights, needs --tokenizer; default chatrex-tiny-scratch), a bundled model or a ChatRex folder")
     p.add_argument("--tokenizer", help="tokenizer folder for a preset init")
-    p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/last (resumable), OUT/metrics.jsonl")
+    p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -221,103 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preserve", type=float, default=0.0,
                    help="weight of the encoder outputs' drift from the --init model's (default 0: free). Use it to teach a trained "
                         "model's towers a missing attribute while its LLM keeps the features it reads")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest OUT/checkpoint-*")
+    add_loop_arguments(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.preserve < 0:
-        print(f"error: --preserve must be >= 0, got {args.preserve}", file=sys.stderr)
-        return 2
-    for name in ("steps", "batch_size", "save_every", "log_every"):
-        if getattr(args, name) <= 0:
-            print(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}", file=sys.stderr)
-            return 2
-    for path in args.records + args.eval:
-        if not os.path.isfile(path):
-            print(f"error: records file not found: {path}", file=sys.stderr)
-            return 2
-    from .model_loading import load_model_and_processor, upn_folder
-
-    torch.manual_seed(args.seed)
-    resume_dir = os.path.join(args.out, "last")
-    if args.resume and not os.path.isdir(resume_dir):
-        print(f"error: --resume given but {resume_dir} does not exist", file=sys.stderr)
-        return 2
-    model, processor = load_model_and_processor(resume_dir if args.resume else args.init, None if args.resume else args.tokenizer)
-    train_records = JsonlRecords(args.records)
-    labels = LabelSpace(train_records.raw(i) for i in range(len(train_records)))
-    grid = model.config.vision_low_config.image_size // model.config.vision_low_config.patch_size
-    object_dim = sum(model.model.vision_high.config.hidden_sizes[i] for i in model.model.object_encoder.feature_levels)
-    heads = VisionHeads(labels, object_dim, model.config.vision_low_config.hidden_size)
-    reference = None
-    if args.preserve > 0:
-        # The starting towers, frozen: on --resume that is the run's --init, not OUT/last.
-        reference, _ = load_model_and_processor(args.init, args.tokenizer)
-        reference.eval().requires_grad_(False)
-    model.train()
-    if args.freeze_low:
-        model.model.vision_low.requires_grad_(False)
-        model.model.vision_low.eval()
-    params = [p for p in list(model.model.vision_low.parameters()) + list(model.model.vision_high.parameters()) + list(heads.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
-    step = 0
-    if args.resume:
-        state = torch.load(os.path.join(resume_dir, "vision_state.pt"), weights_only=True)
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "labels.json"), "w") as f:
-        json.dump(labels.to_dict(), f, indent=1)
-    data = RegionDataset(args.records, processor.image_processor, labels, grid)
-    gen = torch.Generator().manual_seed(args.seed + step)  # a resumed run draws fresh batches
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True, generator=gen, collate_fn=collate,
-                                         num_workers=args.workers, drop_last=True, persistent_workers=args.workers > 0)
-    log = open(os.path.join(args.out, "metrics.jsonl"), "a")
-    bar = tqdm(total=args.steps, initial=step, desc="vision", dynamic_ncols=True)
-    start, last_saved = time.time(), step
     try:
-        while step < args.steps:
-            for batch in loader:
-                loss, acc = forward_losses(model, heads, batch, reference, args.preserve)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bar.update(1)
-                if step % args.log_every == 0:
-                    row = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 3) for k, v in acc.items()}, "elapsed_s": round(time.time() - start, 1)}
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{loss.item():.3f}", cat=f"{acc.get('box_category', 0):.2f}", pattern=f"{acc.get('box_pattern', 0):.2f}")
-                if step % args.save_every == 0:
-                    _save(model, processor, heads, optimizer, scheduler, step, args.out, "last")
-                    last_saved = step
-                if step >= args.steps:
-                    break
-    except KeyboardInterrupt:
-        if step > last_saved:
-            _save(model, processor, heads, optimizer, scheduler, step, args.out, "last")
-        print(f"\ninterrupted at step {step}; saved {resume_dir} (continue with --resume)", file=sys.stderr)
-        return 130
-    bar.close()
-    _save(model, processor, heads, optimizer, scheduler, step, args.out, "last")
-    model.eval()
-    if args.eval:
-        eval_loader = torch.utils.data.DataLoader(RegionDataset(args.eval, processor.image_processor, labels, grid), batch_size=args.batch_size, collate_fn=collate)
-        scores = evaluate(model, heads, eval_loader)
-        log.write(json.dumps({"step": step, "eval": scores}) + "\n")
-        print("eval accuracies:", json.dumps(scores))
-    log.close()
-    final = save_pretrained_atomic(model, processor, os.path.join(args.out, "final"), upn=upn_folder(args.init))
-    print(f"wrote {final} after {step} steps in {time.time() - start:.0f}s")
+        if args.preserve < 0:
+            raise ValueError(f"--preserve must be >= 0, got {args.preserve}")
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        for path in args.records + args.eval:
+            if not os.path.isfile(path):
+                raise ValueError(f"records file not found: {path}")
+        run = run_config(args, args.out, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = run_training(VisionTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
+                          optimizer_options={"lr": args.lr, "weight_decay": 0.01})
+    if result.eval_metrics:
+        print("eval accuracies:", json.dumps(result.eval_metrics))
+    print(f"wrote {result.final_dir} after {result.steps} steps")
     return 0
 
 

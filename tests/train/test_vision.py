@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -34,15 +35,21 @@ def test_vision_stage_trains_only_the_encoders_and_resumes(records_path, tiny_to
     out = tmp_path / "vision"
     common = ["--records", records_path, "--eval", records_path, "--init", "chatrex-tiny-random", "--tokenizer", tiny_tokenizer_dir,
               "--out", str(out), "--batch-size", "2", "--save-every", "2", "--log-every", "1", "--workers", "0", "--warmup-steps", "1"]
-    assert main(common + ["--steps", "2"]) == 0
-    first = weights(out / "final")
-    assert main(common + ["--steps", "4", "--resume"]) == 0
-    second = weights(out / "final")
-    changed = {k.split(".")[1] for k in first if not torch.equal(first[k], second[k])}
+    assert main(common + ["--steps", "4", "--keep-checkpoints", "3"]) == 0
+    straight = weights(out / "final")
+    at_step_2 = {k.removeprefix("model."): v for k, v in weights(out / "checkpoint-00000002").items() if k.startswith("model.")}
+    changed = {k.split(".")[1] for k in at_step_2 if not torch.equal(at_step_2[k], straight[k])}
     assert changed == {"vision_low", "vision_high"}, changed
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
-    assert "box_category" in rows[-1]["eval"]
+    assert "eval_box_category" in rows[-1]
+    # Exact resume (the one training loop): a run stopped after step 2 (only its step-2
+    # checkpoint left) and resumed ends bit-identical to the straight run.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoint-00000002", resumed / "checkpoint-00000002")
+    assert main([a if a != str(out) else str(resumed) for a in common] + ["--steps", "4", "--resume"]) == 0
+    assert all(torch.equal(v, weights(resumed / "final")[k]) for k, v in straight.items())
+    assert [json.loads(line)["step"] for line in open(resumed / "metrics.jsonl")] == [3, 4]
     model = ChatRexForConditionalGeneration.from_pretrained(out / "final")  # a complete ChatRex folder for stage 1
     assert model.config.image_token_id is not None
 

@@ -1,9 +1,11 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from train.upn import build_parser, load_coco_sources, main
 
@@ -47,26 +49,40 @@ def _run(out, steps, resume=False, json_path=None):
     argv = ["--coarse", str(json_path), "--output-dir", str(out), "--steps", str(steps), "--batch-size", "2",
             "--short-side", "64", "--max-size", "64", "--warmup-steps", "1", "--save-every", "1", "--cpu"]
     assert main(argv + (["--resume"] if resume else [])) == 0
-    return torch.load(out / "checkpoint.pt", weights_only=True)
+    return load_file(out / "final" / "model.safetensors")
+
+
+def _steps(out):
+    return [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.mark.slow
 def test_two_steps_then_exact_resume(tmp_path):
+    """One loop for every stage: a run stopped after step 2 and resumed ends bit-identical to a
+    straight run (same data order, flips, RNG, optimizer and schedule)."""
     json_path = _write_fixture(tmp_path)
-    straight = _run(tmp_path / "a", 2, json_path=json_path)
-    assert straight["step"] == 2
-    assert (tmp_path / "a" / "model" / "model.safetensors").is_file()
+    straight = _run(tmp_path / "a", 3, json_path=json_path)
+    assert (tmp_path / "a" / "final" / "config.json").is_file()
+    assert (tmp_path / "a" / "checkpoint-00000003" / "trainer_state.json").is_file()
     assert not list((tmp_path / "a").glob("*.tmp*"))
-    _run(tmp_path / "b", 1, json_path=json_path)
-    resumed = _run(tmp_path / "b", 2, resume=True, json_path=json_path)
-    assert resumed["step"] == 2
-    for key, value in straight["model"].items():
-        assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-6), key
-    logged = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss"]) for r in logged)
+    shutil.copytree(tmp_path / "a" / "checkpoint-00000002", tmp_path / "b" / "checkpoint-00000002")
+    resumed = _run(tmp_path / "b", 3, resume=True, json_path=json_path)
+    assert straight.keys() == resumed.keys()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows) and {"lr", "loss_l1", "loss_giou"} <= rows[0].keys()
+    assert _steps(tmp_path / "a") == _steps(tmp_path / "b") == [3]  # every run logs its last step
 
 
-def test_resume_without_checkpoint_fails(tmp_path):
+def test_resume_without_checkpoint_starts_from_scratch(tmp_path, capsys):
     json_path = _write_fixture(tmp_path)
-    with pytest.raises(SystemExit, match="checkpoint"):
-        main(["--coarse", str(json_path), "--output-dir", str(tmp_path / "c"), "--resume", "--cpu"])
+    _run(tmp_path / "c", 1, resume=True, json_path=json_path)
+    assert "no checkpoint in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "-1"), ("--max-minutes", "0"), ("--grad-accum", "0")])
+def test_bad_loop_options_name_the_flag(tmp_path, flag, value):
+    json_path = _write_fixture(tmp_path)
+    with pytest.raises(SystemExit, match=f"{flag} must be positive"):
+        main(["--coarse", str(json_path), "--output-dir", str(tmp_path / "d"), flag, value, "--cpu"])

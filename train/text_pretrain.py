@@ -14,6 +14,10 @@ query phrase. This stage teaches them with text alone, about 20x cheaper per ans
 Stage 1 then trains the object projector to put image features where these text slots were.
 Only the LLM (body, embeddings, head) trains here; the encoders are untouched.
 
+It runs in the project's one training loop (``train.loop``): exact resume (``--resume``),
+``--max-minutes``, ``--grad-accum``, mixed precision, DeepSpeed and ``OUT/metrics.jsonl`` as in
+every stage; the result is ``OUT/final``.
+
 Examples::
 
     python -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \\
@@ -23,14 +27,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import sys
-import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from chatrex.processing_chatrex import IGNORE_INDEX
@@ -38,7 +40,9 @@ from chatrex.text.markup import format_object
 from chatrex.utils.jsonl import JsonlRecords
 
 from .answer_metrics import index_accuracy
-from .checkpointing import save_pretrained_atomic
+from .checkpointing import save_pretrained_into
+from .dataset import EpochSampler
+from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
 from .tasks import build_detection, build_region
 
 REGION_FIELDS = ("category", "phrase")  # what a slot made of the phrase can answer
@@ -84,23 +88,35 @@ def build_sample(record: dict, rng: np.random.Generator, turns: int, max_slots: 
     return slots, conversation
 
 
-class TextRetrievalData(torch.utils.data.IterableDataset):
-    """Endless stream of ``(input_ids, labels, slot_token_ids)`` from records (no images read)."""
+MAX_DRAWS = 100  # records tried for one sample before the data is declared unusable
+
+
+class TextRetrievalData(torch.utils.data.Dataset):
+    """``(input_ids, labels, slot_token_ids)`` per :class:`~train.dataset.EpochSampler` key
+    (``epoch * N + i``; no images read). Record ``i`` is used, or, when it cannot make a sample
+    (a region without a phrase), another drawn from the key's own generator, so every key
+    always gives the same sample (exact resume) and every epoch new conversations."""
 
     def __init__(self, paths, processor, turns: int, seed: int, lookup: float = 0.0):
         self.records, self.processor, self.turns, self.seed, self.lookup = JsonlRecords(paths), processor, turns, seed, lookup
 
-    def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, worker.id if worker else 0])
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int):
+        rng = np.random.default_rng([self.seed, key])
+        index = key % len(self.records)
+        for _ in range(MAX_DRAWS):
+            built = build_sample(self.records.raw(index), rng, self.turns, lookup=self.lookup)
+            if built is not None:
+                break
+            index = int(rng.integers(len(self.records)))
+        else:
+            raise ValueError(f"{MAX_DRAWS} records in a row could not make a text sample: every region needs a phrase")
+        slots, conversation = built
+        ids, labels = self.processor.encode_sample(conversation, num_boxes=len(slots), has_image=False)
         tok = self.processor.tokenizer
-        while True:
-            built = build_sample(self.records.raw(int(rng.integers(len(self.records)))), rng, self.turns, lookup=self.lookup)
-            if built is None:
-                continue
-            slots, conversation = built
-            ids, labels = self.processor.encode_sample(conversation, num_boxes=len(slots), has_image=False)
-            yield ids, labels, [tok(" " + s, add_special_tokens=False)["input_ids"] for s in slots]
+        return ids, labels, [tok(" " + s, add_special_tokens=False)["input_ids"] for s in slots]
 
 
 def collate(items, pad_id: int):
@@ -137,12 +153,65 @@ def reinit(module: torch.nn.Module, std: float) -> None:
             sub.weight.fill_(1.0)
 
 
-def main(argv=None) -> int:
+class TextPretrainTask(TrainingTask):
+    """Stage 0b for :func:`train.loop.run_training` (module doc): only the LLM (and the pointer
+    head, when the model has one) trains."""
+
+    description = "text pretrain"
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def build(self, accelerator):
+        from .model_loading import load_model_and_processor, upn_folder
+
+        args = self.args
+        self.accelerator = accelerator
+        overrides = {}
+        if args.object_index_embedding:
+            overrides["object_index_embedding"] = True
+        if args.object_pointer:
+            overrides.update(object_pointer_head=True, object_reference_features=True)
+        model, self.processor = load_model_and_processor(args.init, config_overrides=overrides or None)
+        self.upn = upn_folder(args.init)
+        if args.reinit_llm_std is not None:
+            reinit(model.model.language_model, args.reinit_llm_std)
+            model.tie_weights()
+        model.requires_grad_(False)
+        for module in [model.model.language_model, model.lm_head] + ([model.object_pointer] if model.object_pointer is not None else []):
+            module.requires_grad_(True)
+        self.zero_hidden_size = model.config.text_config.hidden_size
+        self.object_token_ids = model.config.object_token_ids
+        return model
+
+    def param_groups(self, module):
+        return [{"name": "llm", "params": [p for p in module.parameters() if p.requires_grad]}]  # tied embeddings once
+
+    def scheduler(self, optimizer, max_steps):
+        return get_cosine_schedule_with_warmup(optimizer, self.args.warmup_steps, max_steps)
+
+    def train_data(self):
+        data = TextRetrievalData(self.args.records, self.processor, self.args.turns, self.args.seed, self.args.lookup)
+        return TrainingData(data, EpochSampler(len(data), seed=self.args.seed),
+                            functools.partial(collate, pad_id=self.processor.tokenizer.pad_token_id))
+
+    def loss(self, model, batch):
+        embedding = self.accelerator.unwrap_model(model).get_input_embeddings()
+        objects = slot_features(embedding, batch["slots"])
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"], object_features=objects)
+        index_acc = index_accuracy(out.logits.detach(), batch["labels"], self.object_token_ids)
+        return out.loss, ({} if index_acc is None else {"index_acc": index_acc})
+
+    def save(self, module, folder, state_dict):
+        save_pretrained_into(folder, module, self.processor, self.upn, state_dict)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.text_pretrain", description=__doc__.split("\n\n")[0],
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", required=True, help="ChatRex folder (e.g. stage 0's OUT/final) or a bundled model (chatrex-tiny)")
     p.add_argument("--records", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--turns", type=int, default=6)
@@ -150,7 +219,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest OUT/checkpoint-*")
     p.add_argument("--reinit-llm-std", type=float, default=None,
                    help="re-initialise the LLM (linear and embedding weights ~ N(0, std), norms 1, biases 0) before training. "
                         "Transformers' default 0.02 is too small for a tiny from-scratch model to start content-based retrieval; 0.045 works (docs/training.md)")
@@ -161,82 +232,35 @@ def main(argv=None) -> int:
     p.add_argument("--object-pointer", action="store_true",
                    help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny-scratch preset has "
                         "them; use for folders saved before they existed). The pointer head trains with the LLM")
-    args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "turns", "log_every", "save_every"):
-        if getattr(args, name) <= 0:
-            print(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}", file=sys.stderr)
-            return 2
-    for path in args.records:
-        if not os.path.isfile(path):
-            print(f"error: records file not found: {path}", file=sys.stderr)
-            return 2
-    from .model_loading import init_folder, load_model_and_processor, upn_folder
+    add_loop_arguments(p)
+    return p
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
+        if args.turns <= 0:
+            raise ValueError(f"--turns must be positive, got {args.turns}")
+        if args.reinit_llm_std is not None and not args.reinit_llm_std > 0:
+            raise ValueError(f"--reinit-llm-std must be > 0, got {args.reinit_llm_std}")
+        if not 0.0 <= args.lookup <= 1.0:
+            raise ValueError(f"--lookup must be in [0, 1], got {args.lookup}")
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        for path in args.records:
+            if not os.path.isfile(path):
+                raise ValueError(f"records file not found: {path}")
+        run = run_config(args, args.out, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+        from .model_loading import init_folder
+
         if init_folder(args.init) is None:
             raise ValueError(f"--init {args.init!r} is a preset (random weights); give a ChatRex folder or a bundled model")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    torch.manual_seed(args.seed)
-    overrides = {}
-    if args.object_index_embedding:
-        overrides["object_index_embedding"] = True
-    if args.object_pointer:
-        overrides.update(object_pointer_head=True, object_reference_features=True)
-    model, processor = load_model_and_processor(args.init, config_overrides=overrides or None)
-    if args.reinit_llm_std is not None:
-        reinit(model.model.language_model, args.reinit_llm_std)
-        model.tie_weights()
-    model.train()
-    for prm in model.model.vision_low.parameters():
-        prm.requires_grad_(False)
-    for prm in model.model.vision_high.parameters():
-        prm.requires_grad_(False)
-    trained = [model.model.language_model, model.lm_head] + ([model.object_pointer] if model.object_pointer is not None else [])
-    params = [prm for module in trained for prm in module.parameters() if prm.requires_grad]
-    params = list({id(x): x for x in params}.values())  # tied embeddings once
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
-    if not 0.0 <= args.lookup <= 1.0:
-        print(f"error: --lookup must be in [0, 1], got {args.lookup}", file=sys.stderr)
-        return 2
-    data = TextRetrievalData(args.records, processor, args.turns, args.seed, args.lookup)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=lambda b: collate(b, processor.tokenizer.pad_token_id), num_workers=1)
-    os.makedirs(args.out, exist_ok=True)
-    log = open(os.path.join(args.out, "metrics.jsonl"), "a")
-    start = time.time()
-
-    def save(name: str) -> str:
-        return save_pretrained_atomic(model, processor, os.path.join(args.out, name), upn=upn_folder(args.init))
-
-    step = 0
-    try:
-        with tqdm(total=args.steps, desc="text pretrain", dynamic_ncols=True) as bar:
-            for batch in loader:
-                objects = slot_features(model.get_input_embeddings(), batch.pop("slots"))
-                out = model(**batch, object_features=objects)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                bar.update(1)
-                if step % args.log_every == 0:
-                    index_acc = index_accuracy(out.logits, batch["labels"], model.config.object_token_ids)
-                    log.write(json.dumps({"step": step, "loss": round(out.loss.item(), 4), "index_acc": index_acc, "elapsed_s": round(time.time() - start, 1)}) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{out.loss.item():.3f}", index_acc=index_acc)
-                if step % args.save_every == 0:
-                    save("last")
-                if step >= args.steps:
-                    break
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}; saved {save('last')}", file=sys.stderr)
-        return 130
-    print(f"wrote {save('final')} after {step} steps in {time.time() - start:.0f}s")
+    result = run_training(TextPretrainTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
+                          optimizer_options={"lr": args.lr, "weight_decay": 0.01})
+    print(f"wrote {result.final_dir} after {result.steps} steps")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -115,7 +116,28 @@ def test_object_pointer_flag_turns_on_and_trains_the_head(records_path, tiny_tok
     assert trained.config.object_pointer_head and trained.config.object_reference_features
     assert not torch.equal(trained.object_pointer.query.weight, torch.eye(trained.config.text_config.hidden_size))
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert any(r["index_acc"] is not None for r in rows)  # the records' detection answers hold box indices
+    assert any(r.get("index_acc") is not None for r in rows)  # the records' detection answers hold box indices
+
+
+@pytest.mark.slow
+def test_text_pretraining_resumes_exactly(records_path, tiny_tokenizer_dir, tmp_path):
+    """The one training loop: a run stopped after step 2 (only its step-2 checkpoint left) and
+    resumed ends bit-identical to the straight run; the samples depend only on (seed, key)."""
+    init = saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")
+    common = ["--init", str(init), "--records", records_path, "--steps", "4", "--batch-size", "2", "--turns", "2",
+              "--save-every", "2", "--keep-checkpoints", "3", "--workers", "0", "--warmup-steps", "1"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    shutil.copytree(tmp_path / "a" / "checkpoint-00000002", tmp_path / "b" / "checkpoint-00000002")
+    assert main(common + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (load_file(os.path.join(tmp_path, run, "final", "model.safetensors")) for run in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be positive"), (["--reinit-llm-std", "0"], "must be > 0"),
+                                           (["--lookup", "2"], "--lookup must be in [0, 1]"), (["--max-minutes", "-1"], "--max-minutes must be positive")])
+def test_text_pretraining_argument_errors(args, message, records_path, tmp_path, capsys):
+    assert main(["--init", "chatrex-tiny", "--records", records_path, "--out", str(tmp_path)] + args) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_index_accuracy_hand_case():

@@ -1,6 +1,6 @@
 """``python -m train.bundle``: package trained ChatRex + UPN folders as one bundled model.
 
-    python -m train.bundle --chatrex runs/chatrex-tiny/stage3/final --upn runs/upn-tiny/model \\
+    python -m train.bundle --chatrex runs/chatrex-tiny/stage3/final --upn runs/upn-tiny/final \\
         --out chatrex/bundled/chatrex-tiny
 
 The ChatRex weights are stored in fp16 (half the size in git); ``ChatRexPredictor`` loads them

@@ -21,14 +21,14 @@ fi
 if step tokenizer runs/tokenizer/tokenizer.json; then
   $PY -m train.tokenizer --records data/synth/train/records.jsonl --vocab-size 1024 --out runs/tokenizer
 fi
-if step upn runs/upn-tiny/model/config.json; then
+if step upn runs/upn-tiny/final/config.json; then
   $PY -m data_engine.coco data/synth/train/records.jsonl
   $PY -m train.upn --coarse data/synth/train/coco_coarse.json --fine data/synth/train/coco_fine.json \
       --preset upn-tiny --steps 1200 --batch-size 4 --lr 4e-4 --warmup-steps 50 --short-side 384 --max-size 384 \
       --save-every 100 --output-dir runs/upn-tiny
 fi
 if step proposals data/synth/train/records_upn.jsonl; then
-  $PY -m data_engine.proposals data/synth/train/records.jsonl --upn runs/upn-tiny/model --out data/synth/train/records_upn.jsonl
+  $PY -m data_engine.proposals data/synth/train/records.jsonl --upn runs/upn-tiny/final --out data/synth/train/records_upn.jsonl
 fi
 if step vision runs/chatrex-tiny/vision/final/config.json; then
   $PY -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \
@@ -55,7 +55,7 @@ for s in 2 3; do
   fi
 done
 if step bundle runs/chatrex-tiny/bundled; then
-  $PY -m train.bundle --chatrex runs/chatrex-tiny/stage3/final --upn runs/upn-tiny/model --out chatrex/bundled/chatrex-tiny
+  $PY -m train.bundle --chatrex runs/chatrex-tiny/stage3/final --upn runs/upn-tiny/final --out chatrex/bundled/chatrex-tiny
   touch runs/chatrex-tiny/bundled
 fi
 if step eval runs/eval/done; then

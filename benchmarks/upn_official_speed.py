@@ -1,7 +1,7 @@
 """Full-size UPN on CPU, ours vs the official code's pure-PyTorch path, same weights, same process.
 
-Both models hold the same synthetic weights (``upn.synthetic_weights``, converted for ours
-with ``upn.convert``), see the same 800-px photo (official preprocessing for the official
+Both models hold the same synthetic weights (``chatrex.convert.upn.synthetic_official_state``,
+converted for ours with ``chatrex.convert.upn``), see the same 800-px photo (official preprocessing for the official
 model, ``upn.image_processing.preprocess`` for ours: identical tensors) and run one
 prompt per forward (encoder + decoder) under ``torch.inference_mode``. Reported: median
 wall time over ``--runs`` timed runs after one warm-up, and peak extra resident memory
@@ -66,21 +66,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     root = os.path.abspath(args.official_root)
+    converter = oracle.import_converter()  # as ours_chatrex: both packages are called chatrex
     official = oracle.import_official(root)
     from PIL import Image
 
     import chatrex.upn.transforms.transform as T
     from chatrex.upn.models.module import nested_tensor_from_tensor_list
     from upn import UPNModel
-    from upn.convert import infer_config, official_to_ours
     from upn.image_processing import preprocess
 
     preset = oracle.PRESETS["full"]
-    off_model, _ = oracle.build_official(official, root, preset)
+    off_model, _ = oracle.build_official(official, converter, root, preset)
     off_state = off_model.state_dict()
-    config = infer_config(off_state)
+    config = converter.infer_config(off_state)
     ours = UPNModel(config)
-    ours.load_state_dict_checked(official_to_ours(off_state, config))
+    ours.load_state_dict(converter.official_to_ours(off_state, config), strict=True)  # keys checked by the converter
     ours.eval()
     image = Image.open(oracle.photo_path()).convert("RGB")
     transform = T.Compose([T.RandomResize([800], max_size=1333), T.ToTensor(),

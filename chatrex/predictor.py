@@ -175,9 +175,9 @@ class ChatRexPredictor:
         upn_path = Path(upn) if upn is not None else path / UPN_SUBDIR
         upn_predictor = None
         if upn is not None or (upn_path / "config.json").is_file():
-            from upn import UPNPredictor
+            from .convert.upn import load_upn_predictor  # a folder, a bundled name or an official .pth
 
-            upn_predictor = UPNPredictor.from_pretrained(upn_path, device=device)
+            upn_predictor = load_upn_predictor(upn_path, device=device)
         return cls(model, processor, upn_predictor, device=device, **kwargs)
 
     # -- image -----------------------------------------------------------------------------

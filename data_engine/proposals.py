@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.records):
         print(f"error: {missing_records_message(args.records, eval_command=False)}", file=sys.stderr)
         return 2
-    from upn import UPNPredictor
+    from chatrex.convert.upn import load_upn_predictor
 
     try:
         shard, shards = (int(v) for v in args.shard.split("/"))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     try:
-        predictor = UPNPredictor.from_pretrained(args.upn, device=args.device)
+        predictor = load_upn_predictor(args.upn, device=args.device)
     except ValueError as err:  # e.g. --device cuda on a machine without CUDA
         parser.error(str(err))
     if args.batch_size is None:

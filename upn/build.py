@@ -45,7 +45,7 @@ def build_criterion(config: UPNConfig) -> SetCriterion:
     return SetCriterion(matcher, lc)
 
 
-# The released UPN's numerics (official_chatrex.md section B.2-B.3); ``upn.convert`` relies on them.
+# The released UPN's numerics (official_chatrex.md section B.2-B.3); ``chatrex.convert.upn`` relies on them.
 OFFICIAL_TRANSFORMER_FIELDS = dict(class_head="dot", share_box_head=True, box_refine_input="raw",
                                    inverse_sigmoid_eps=1e-3, mask_invalid_proposals=False,
                                    position_temperature=20.0, position_offset=0.0)

@@ -314,7 +314,8 @@ class UPNModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "UPNModel":
-        """Build from ``config.json`` and load ``model.safetensors`` strictly (every key must match)."""
+        """Build from ``config.json`` and load ``model.safetensors`` strictly: a missing,
+        unexpected or mis-shaped key is a ``ValueError`` naming the folder."""
         cfg_path = os.path.join(directory, CONFIG_NAME)
         weights_path = os.path.join(directory, WEIGHTS_NAME)
         for p in (cfg_path, weights_path):
@@ -322,12 +323,8 @@ class UPNModel(nn.Module):
                 raise FileNotFoundError(f"UPN checkpoint file missing: {p}")
         model = cls(UPNConfig.load(cfg_path))
         state = load_file(weights_path, device=str(map_location))
-        model.load_state_dict_checked(state)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:  # torch lists the missing, unexpected and mis-shaped keys
+            raise ValueError(f"UPN weights in {directory} do not match the model: {err}") from err
         return model.to(map_location).eval()
-
-    def load_state_dict_checked(self, state: dict) -> None:
-        """``load_state_dict`` that raises RuntimeError listing missing/unexpected keys."""
-        result = self.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise RuntimeError(f"UPN weights do not match the model: missing={result.missing_keys[:10]} "
-                               f"unexpected={result.unexpected_keys[:10]}")

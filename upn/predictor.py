@@ -68,17 +68,17 @@ class UPNPredictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         image_config: ImageConfig | None = None) -> "UPNPredictor":
-        """Load a saved folder (``config.json`` + ``model.safetensors``), an official
-        ``upn_large.pth`` checkpoint (converted in memory by ``upn.convert``) or bundled weights
-        by name (``"upn-tiny"``, :data:`PRETRAINED`)."""
+        """Load a converted folder (``config.json`` + ``model.safetensors``) or bundled weights by
+        name (``"upn-tiny"``, :data:`PRETRAINED`). An official ``upn_large.pth`` is converted by
+        ``chatrex`` (this package imports nothing from it): once with ``chatrex convert upn``, or
+        in memory with ``chatrex.convert.upn.load_upn_predictor``; a file here is a ``ValueError``
+        that says so."""
         path = resolve_weights(path)
         if os.path.isfile(path):
-            from .convert import load_official_checkpoint
-
-            model = load_official_checkpoint(path)
-        else:
-            model = UPNModel.from_pretrained(path)
-        return cls(model, image_config=image_config, device=device)
+            raise ValueError(f"{path} is a file (an official checkpoint such as upn_large.pth?); UPNPredictor.from_pretrained "
+                             f"loads a converted folder. Convert it once with `chatrex convert upn {path} OUT/`, or load it "
+                             f"in memory with chatrex.convert.upn.load_upn_predictor({path!r})")
+        return cls(UPNModel.from_pretrained(path), image_config=image_config, device=device)
 
     def _check_args(self, prompt_type: str, nms_iou: float, max_boxes: int) -> None:
         if prompt_type not in _PREDICT_TYPES:

@@ -1,12 +1,12 @@
 """``chatrex convert ...``: checkpoint converters, one sub-subcommand each.
 
 ``chatrex convert official SRC_DIR OUT_DIR`` converts a released RexSeek-3B / ChatRex-7B
-folder (``chatrex.convert.official``); ``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs ``upn.convert`` (the released
-``upn_large.pth`` to a safetensors folder; ``--to-official`` goes back). To add a
-converter, append a ``Converter`` to ``CONVERTERS``: ``add_arguments(parser)`` declares
-its arguments (keep it import-light so ``chatrex --help`` stays fast) and ``runner``
-names ``module:function`` taking the parsed args and returning an exit code; the
-module is imported only when that converter runs.
+folder (``chatrex.convert.official``); ``chatrex convert upn OFFICIAL.pth OUT_DIR`` runs
+``chatrex.convert.upn`` (the released ``upn_large.pth`` to a safetensors folder;
+``--to-official`` goes back). To add a converter, append a ``Converter`` to ``CONVERTERS``:
+``add_arguments(parser)`` declares its arguments (keep it import-light so ``chatrex --help``
+stays fast) and ``runner`` names ``module:function`` taking the parsed args and returning an
+exit code; the module is imported only when that converter runs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Callable
 
 
 def _upn_arguments(p: argparse.ArgumentParser) -> None:
-    # Same arguments as ``python -m upn.convert`` (upn.convert.add_arguments).
+    # The arguments of chatrex.convert.upn.run (``python -m chatrex.convert.upn`` runs this command).
     p.add_argument("src", help="official upn_large.pth (or, with --to-official, a converted folder)")
     p.add_argument("dst", help="output folder (or, with --to-official, the .pth to write)")
     p.add_argument("--to-official", action="store_true", help="convert a converted folder back to the official layout")
@@ -107,7 +107,7 @@ class Converter:
 
 CONVERTERS = [
     Converter("upn", "released UPN checkpoint (upn_large.pth) -> safetensors folder for UPNModel/UPNPredictor",
-              _upn_arguments, "upn.convert:run", "example: chatrex convert upn upn_large.pth upn-large/", _check_upn),
+              _upn_arguments, "chatrex.convert.upn:run", "example: chatrex convert upn upn_large.pth upn-large/", _check_upn),
     Converter("compose", "pretrained parts (CLIP, LAION/timm ConvNeXt, a causal LM) -> ChatRex folder, the stage-1 starting point",
               _compose_arguments, "chatrex.convert.compose:run",
               "example: chatrex convert compose --clip clip-vit-large-patch14-336/ --convnext open_clip_model.safetensors "

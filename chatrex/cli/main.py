@@ -125,7 +125,7 @@ def cmd_proposals(args) -> int:
     _check_device(args)
     image = _load_image(args.image)
     try:
-        from upn import UPNPredictor
+        from ..convert.upn import load_upn_predictor
 
         if args.upn is not None:
             path = _upn_argument(args.upn)
@@ -133,7 +133,7 @@ def cmd_proposals(args) -> int:
             path = os.path.join(resolve_model_path(args.model), UPN_SUBDIR)
             if not os.path.isfile(os.path.join(path, "config.json")):
                 raise UserError(f"no UPN weights in {path}; pass --upn (a folder, upn_large.pth, or upn-tiny)")
-        predictor = UPNPredictor.from_pretrained(path, device=args.device)
+        predictor = load_upn_predictor(path, device=args.device)
         props = predictor.predict(image, prompt_type=args.granularity, min_score=args.min_score, nms_iou=args.nms_iou, max_boxes=args.max_boxes)
     except (ValueError, RuntimeError, OSError) as err:
         raise UserError(_one_line(err)) from None

@@ -1,19 +1,28 @@
-"""Deterministic weights and folders in the official (RexSeek / ChatRex-7B) layout.
+"""Deterministic weights from key names, and folders in the official (RexSeek / ChatRex-7B) layout.
 
-Nothing official is stored or downloaded. ``tools/oracle/make_rexseek_fixture.py`` fills the
-official model with :func:`synthetic_state` and records its outputs; the tests regenerate the
-identical tensors from the same key names (``tests/fixtures/rexseek_official/keys.json``),
-write them as an official folder with :func:`write_official_folder`, convert and compare.
+Nothing official is stored or downloaded. The oracles fill the official models with weights
+from :func:`synthetic_tensor` and record their outputs; the tests regenerate the identical
+tensors from the same key names, convert and compare:
 
-This module imports only the standard library, torch and safetensors, so that the oracle can
-load it by path in a venv whose transformers is the official code's (4.x), not ours.
+* RexSeek: ``tools/oracle/make_rexseek_fixture.py`` uses :func:`synthetic_state`; the tests
+  read ``tests/fixtures/rexseek_official/keys.json`` and write an official folder with
+  :func:`write_official_folder`.
+* UPN: ``tools/oracle/make_upn_fixture.py`` uses ``chatrex.convert.upn.synthetic_official_state``
+  (these tensors, with the aliases of the shared box head resolved); the key list is in
+  ``tests/fixtures/upn_official/meta.json``.
 
-Each tensor comes from its own generator seeded with the CRC32 of its name. Scales keep the
-27-block ConvNeXt stage and the LLM finite and spread: matrices and convolutions
+This module imports only the standard library, torch and safetensors, so that the RexSeek
+oracle can load it by path in a venv whose transformers is the official code's (4.x), not ours.
+
+Each tensor comes from its own generator seeded with the CRC32 of its name, so it depends on
+nothing but the name and shape. Scales keep the 27-block ConvNeXt stage, the LLM, the 24-block
+Swin and the 12 UPN transformer layers finite and spread: matrices and convolutions
 N(0, 1/fan_in); 1-D weights (norms) 1 + N(0, 0.1), not exactly 1, so a swapped norm is
-caught; biases N(0, 0.02); ConvNeXt layer scales (``ramma``) 0.1 x (1 + N(0, 0.1)), because
-27 residual blocks at scale ~1 would grow the activations by orders of magnitude; the CLIP
-class embedding N(0, 1).
+caught; biases and Swin relative position tables N(0, 0.02); ConvNeXt layer scales
+(``ramma``) 0.1 x (1 + N(0, 0.1)), because 27 residual blocks at scale ~1 would grow the
+activations by orders of magnitude; learned embeddings (the CLIP class embedding, UPN's
+``level_embed`` and ``tgt_embed``) N(0, 1); UPN's two prompts N(0, 0.1), so that scores spread
+over (0, 1) rather than saturate.
 """
 from __future__ import annotations
 
@@ -39,9 +48,11 @@ def synthetic_tensor(name: str, shape) -> torch.Tensor:
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "ramma" or leaf == "gamma":
         return 0.1 * (1.0 + 0.1 * x)
-    if name.endswith("class_embedding"):
+    if name.endswith(("fine_grained_prompt.weight", "coarse_grained_prompt.weight")):
+        return x * 0.1
+    if name.endswith(("class_embedding", "level_embed", "tgt_embed.weight")):
         return x
-    if leaf == "bias":
+    if leaf == "bias" or name.endswith("relative_position_bias_table"):
         return x * 0.02
     if len(shape) == 1:
         return 1.0 + 0.1 * x

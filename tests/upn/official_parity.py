@@ -18,11 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from chatrex.convert.upn import (
+    infer_config,
+    official_to_ours,
+    ours_to_official,
+    relative_position_index,
+    synthetic_official_state,
+)
 from upn import UPNModel, UPNPredictor
-from upn.convert import infer_config, official_to_ours, ours_to_official, relative_position_index
 from upn.image_processing import preprocess
 from upn.postprocess import select_proposals
-from upn.synthetic_weights import synthetic_official_state
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "upn_official")
 PROMPTS = ("fine", "coarse")
@@ -55,7 +60,7 @@ def build_converted(meta: dict) -> UPNModel:
     config = infer_config(state)
     config.image.short_side, config.image.max_size = meta["short_side"], meta["max_size"]
     model = UPNModel(config)
-    model.load_state_dict_checked(official_to_ours(state, config))
+    model.load_state_dict(official_to_ours(state, config), strict=True)
     return model.eval()
 
 

@@ -1,11 +1,18 @@
-"""upn.convert: official <-> ours key mapping, strict refusals, loading paths, CLI."""
+"""chatrex.convert.upn: official <-> ours key mapping, strict refusals, loading paths, CLI."""
 import pytest
 import torch
 
 from chatrex.cli.main import main as chatrex_main
+from chatrex.convert.upn import (
+    expected_state_shapes,
+    infer_config,
+    key_rules,
+    load_upn_predictor,
+    official_to_ours,
+    ours_to_official,
+)
+from chatrex.convert.upn import main as convert_main
 from upn import UPNModel, UPNPredictor, get_config
-from upn.convert import expected_state_shapes, infer_config, key_rules, official_to_ours, ours_to_official
-from upn.convert import main as convert_main
 
 from .official_parity import load_fixture, official_state
 
@@ -54,11 +61,11 @@ def test_full_size_layout_has_the_701_official_keys():
 
 
 @pytest.mark.parametrize("mutation, message", [
-    ("extra", "no rule maps: transformer.unexpected.weight"),
-    ("missing", "not filled: tgt_embed.weight"),
+    ("extra", "unmapped 1 key\\(s\\): transformer.unexpected.weight"),
+    ("missing", "missing 1 key\\(s\\): tgt_embed.weight"),
     ("alias", "differs from transformer.decoder.bbox_embed.0.layers.0.weight"),
-    ("shape", "shape mismatch"),
-    ("qkv_missing", "not filled"),
+    ("shape", "wrong shape 1 key\\(s\\): level_embed \\(4, 256\\) != "),
+    ("qkv_missing", "missing 3 key\\(s\\): backbone.body.swin.encoder.layers.0.blocks.1.attention.k_proj.weight"),
 ])
 def test_refuses_and_names_the_keys(small_official, mutation, message):
     state, config = small_official
@@ -73,13 +80,24 @@ def test_refuses_and_names_the_keys(small_official, mutation, message):
         bad["transformer.level_embed"] = torch.zeros(4, 256)
     else:
         del bad["backbone.model.backbone.layers.0.blocks.1.attn.qkv.weight"]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="^official UPN checkpoint: ") as info:
         official_to_ours(bad, config)
+    assert info.match(message)
+
+
+def test_ours_without_an_official_name_is_refused(small_official):
+    state, config = small_official
+    ours = official_to_ours(state, config)
+    ours["decoder.unknown.weight"] = torch.zeros(2)
+    del ours["backbone.body.swin.encoder.layers.0.blocks.0.attention.v_proj.bias"]  # q and k alone cannot be fused
+    with pytest.raises(ValueError, match=r"unmapped 3 key\(s\): backbone\.body\.swin\.encoder\.layers\.0\.blocks\.0\."
+                                         r"attention\.k_proj\.bias, \S+q_proj\.bias, decoder\.unknown\.weight$"):
+        ours_to_official(ours, config)
 
 
 def test_rules_are_unambiguous_in_both_directions(small_official):
     _, config = small_official
-    rules = key_rules(config)
+    rules = key_rules(config).table
     assert len({o for o, _ in rules}) == len(rules) and len({u for _, u in rules}) == len(rules)
 
 
@@ -87,7 +105,7 @@ def test_rules_are_unambiguous_in_both_directions(small_official):
 def test_pth_loads_directly_and_converts_to_a_folder(small_official, tmp_path):
     state, config = small_official
     pth = _save_official(state, tmp_path / "upn_small.pth")
-    direct = UPNPredictor.from_pretrained(str(pth)).model
+    direct = load_upn_predictor(str(pth)).model
     assert convert_main([str(pth), str(tmp_path / "py")]) == 0
     assert chatrex_main(["convert", "upn", str(pth), str(tmp_path / "cli")]) == 0
     for folder in ("py", "cli"):
@@ -107,14 +125,23 @@ def test_cli_reports_a_bad_checkpoint(tmp_path, capsys):
     assert "expected a dict with a 'model' state dict" in capsys.readouterr().err
 
 
-def test_strict_folder_load_names_missing_keys(small_official, tmp_path):
-    state, config = small_official
-    model = UPNModel(config)
-    model.load_state_dict_checked(official_to_ours(state, config))
-    sd = model.state_dict()
-    del sd["tgt_embed.weight"]
-    with pytest.raises(RuntimeError, match="tgt_embed.weight"):
-        UPNModel(config).load_state_dict_checked(sd)
+def test_upn_predictor_refuses_a_pth_and_names_both_ways_out(small_official, tmp_path):
+    # upn imports nothing from chatrex, so it cannot convert: it says how to.
+    pth = _save_official(small_official[0], tmp_path / "upn_large.pth")
+    with pytest.raises(ValueError) as info:
+        UPNPredictor.from_pretrained(pth)
+    assert f"chatrex convert upn {pth} OUT/" in str(info.value)
+    assert f"chatrex.convert.upn.load_upn_predictor({str(pth)!r})" in str(info.value)
+
+
+def test_load_upn_predictor_takes_folders_and_bundled_names_too():
+    assert load_upn_predictor("upn-tiny").model.config.name == "upn-tiny"
+
+
+def test_module_cli_is_the_chatrex_command(tmp_path, capsys):
+    # python -m chatrex.convert.upn runs chatrex convert upn: same checks, same error line
+    assert convert_main([str(tmp_path / "nothing.pth"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("chatrex convert: error: ")
 
 
 def test_upn_large_has_the_official_parameter_count():

@@ -26,8 +26,9 @@ def test_mismatched_weights_raise(tmp_path, small_config):
     state.pop("fine_grained_prompt")
     state["extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(RuntimeError, match="fine_grained_prompt"):
+    with pytest.raises(ValueError, match=f"^UPN weights in {tmp_path} do not match the model: ") as info:
         UPNModel.from_pretrained(tmp_path)
+    assert info.match("fine_grained_prompt") and info.match("extra.weight")
 
 
 def test_missing_files_raise(tmp_path):

@@ -3,7 +3,7 @@
 Nothing official is copied into this repo: the script imports the official code from
 the folder given on the command line (a snapshot of IDEA-Research/ChatRex, commit
 b98028c), fills the official model with weights generated from each key's name
-(``upn.synthetic_weights``), runs a real photo through the official preprocessing,
+(``chatrex.convert.upn.synthetic_official_state``), runs a real photo through the official preprocessing,
 model, ``UPNWrapper.postprocess`` and ``UPNWrapper.filter``, and writes only the
 outputs (``expected.npz`` + ``meta.json``) that ``tests/upn/test_official_parity.py``
 compares against.
@@ -52,6 +52,23 @@ def photo_path() -> str:
     return os.path.join(os.path.dirname(spec.origin), "media_assets", "images", "cheetah.jpg")
 
 
+def import_converter():
+    """Our ``chatrex.convert.upn`` (the synthetic weights and the converter), imported as
+    ``ours_chatrex.convert.upn``: the official package is also called ``chatrex`` (a namespace
+    package, which a regular ``chatrex`` on ``sys.path`` would shadow) and keeps that name."""
+    folder = os.path.join(REPO, "chatrex")
+    spec = importlib.util.spec_from_file_location("ours_chatrex", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["ours_chatrex"] = package
+    spec.loader.exec_module(package)
+    sys.path.insert(0, REPO)  # for our top-level ``upn``, which the converter imports
+    try:
+        return importlib.import_module("ours_chatrex.convert.upn")
+    finally:
+        sys.path.remove(REPO)
+
+
 def import_official(root: str):
     """Import the official package from ``root`` with the CPU attention path."""
     if not os.path.isdir(os.path.join(root, "chatrex", "upn")):
@@ -70,12 +87,12 @@ def import_official(root: str):
 
     ms_deform_attn.MSDeformAttnFunction = ReferenceFunction
     sys.path.remove(root)
-    # Our package is imported after the official one: both have a top-level ``chatrex``.
+    # Our ``upn`` stays importable (benchmarks/upn_official_speed.py uses it), after the official package.
     sys.path.append(REPO)
     return official
 
 
-def build_official(official, root: str, preset: dict):
+def build_official(official, converter, root: str, preset: dict):
     from mmengine import Config
 
     cfg = Config.fromfile(os.path.join(root, "chatrex", "upn", "configs", "upn_large.py")).model
@@ -84,10 +101,8 @@ def build_official(official, root: str, preset: dict):
     cfg.transformer_cfg.decoder_cfg.num_layers = preset["layers"]
     cfg.transformer_cfg.num_queries = cfg.num_queries = preset["queries"]
     model = official.build_architecture(cfg).eval()
-    from upn.synthetic_weights import synthetic_official_state
-
     state = model.state_dict()
-    weights = synthetic_official_state({k: tuple(v.shape) for k, v in state.items()})
+    weights = converter.synthetic_official_state({k: tuple(v.shape) for k, v in state.items()})
     for k, v in state.items():  # relative_position_index buffers stay as the official code built them
         weights.setdefault(k, v)
     model.load_state_dict(weights, strict=True)
@@ -144,12 +159,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for expected.npz and meta.json")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    converter = import_converter()
     official = import_official(os.path.abspath(args.official_root))
     from PIL import Image
 
     image = Image.open(photo_path()).convert("RGB")
     torch.manual_seed(0)
-    model, shapes = build_official(official, os.path.abspath(args.official_root), preset)
+    model, shapes = build_official(official, converter, os.path.abspath(args.official_root), preset)
     main_run = run_official(official, model, image, preset, threads=2)
     other = run_official(official, model, image, preset, threads=1)
     # The official code's own run-to-run difference when only the thread count changes.

@@ -1,6 +1,6 @@
 """Add UPN proposals to records (the ``"proposals"`` field training mixes into box lists).
 
-    python -m data_engine.proposals data/synth/train/records.jsonl --upn runs/upn-tiny/model \\
+    python -m data_engine.proposals data/synth/train/records.jsonl --upn runs/upn-tiny/final \\
         --out data/synth/train/records_upn.jsonl --limit 1000
 
 Each output record gets ``"proposals": [{"box": [x1, y1, x2, y2], "score": s, "granularity": g}]``

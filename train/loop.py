@@ -131,33 +131,44 @@ class TrainResult:
         return self.eval_metrics.get("loss")
 
 
-def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
-    """The loop's options shared by every stage's command line (see :func:`run_config`)."""
+def add_loop_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
+                       save_every: int, log_every: int) -> None:
+    """The loop's options, the same for every stage's command line, with the stage's defaults
+    (read back by :func:`run_config`)."""
     group = parser.add_argument_group("training loop (the same for every stage)")
+    group.add_argument("--steps", type=int, default=steps, help="optimizer steps (default %(default)s)")
+    group.add_argument("--batch-size", type=int, default=batch_size, help="samples per step per process (default %(default)s)")
+    group.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate (default %(default)s)")
+    group.add_argument("--warmup-steps", type=int, default=warmup_steps, help="linear warm-up steps (default %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the data order and the sampling (default 0)")
+    group.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N steps (default %(default)s)")
+    group.add_argument("--log-every", type=int, default=log_every, help="append a metrics.jsonl row every N steps (default %(default)s)")
+    group.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
     group.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default 1)")
     group.add_argument("--max-minutes", type=float, default=None,
-                       help="wall-clock budget: stop after the first step past it, checkpoint and write OUT/final")
-    group.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
+                       help="wall-clock budget: stop after the first step past it, checkpoint and write final/")
     group.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
                        help="auto: bf16 on GPUs that support it, fp32 on CPU")
     group.add_argument("--deepspeed", default=None, metavar="JSON", help="DeepSpeed config (e.g. train/configs/deepspeed/zero2.json)")
+    group.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint-* in the output folder (same data order and RNG)")
 
 
-def run_config(args: argparse.Namespace, output_dir: str, steps: int, batch_size: int, seed: int, save_every: int,
-               log_every: int, eval_every: int | None = None) -> RunConfig:
-    """A validated :class:`~train.config.RunConfig` from :func:`add_loop_arguments`' options
-    and the stage's own; ``ValueError`` names the bad option by its flag."""
-    counts = {"--steps": steps, "--batch-size": batch_size, "--save-every": save_every, "--log-every": log_every,
+def run_config(args: argparse.Namespace, output_dir: str) -> RunConfig:
+    """A validated :class:`~train.config.RunConfig` from :func:`add_loop_arguments`' options;
+    ``ValueError`` names the bad option by its flag. Evaluation runs at the last step."""
+    counts = {"--steps": args.steps, "--batch-size": args.batch_size, "--save-every": args.save_every, "--log-every": args.log_every,
               "--grad-accum": args.grad_accum, "--keep-checkpoints": args.keep_checkpoints}
     for flag, value in counts.items():
         if value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
+    if args.warmup_steps < 0:
+        raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     if args.deepspeed is not None and not os.path.isfile(args.deepspeed):
         raise ValueError(f"--deepspeed file {args.deepspeed!r} does not exist")
-    run = RunConfig(output_dir=output_dir, max_steps=steps, batch_size=batch_size, grad_accum=args.grad_accum, seed=seed,
-                    save_every=save_every, eval_every=eval_every or steps, log_every=log_every,
+    run = RunConfig(output_dir=output_dir, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                    seed=args.seed, save_every=args.save_every, eval_every=args.steps, log_every=args.log_every,
                     keep_checkpoints=args.keep_checkpoints, max_minutes=args.max_minutes,
                     mixed_precision=args.mixed_precision, deepspeed=args.deepspeed)
     run.validate()

@@ -212,16 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="ChatRex folder (e.g. stage 0's OUT/final) or a bundled model (chatrex-tiny)")
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--turns", type=int, default=6)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest OUT/checkpoint-*")
     p.add_argument("--reinit-llm-std", type=float, default=None,
                    help="re-initialise the LLM (linear and embedding weights ~ N(0, std), norms 1, biases 0) before training. "
                         "Transformers' default 0.02 is too small for a tiny from-scratch model to start content-based retrieval; 0.045 works (docs/training.md)")
@@ -232,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-pointer", action="store_true",
                    help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny-scratch preset has "
                         "them; use for folders saved before they existed). The pointer head trains with the LLM")
-    add_loop_arguments(p)
+    add_loop_arguments(p, steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, save_every=250, log_every=20)
     return p
 
 
@@ -250,7 +242,7 @@ def main(argv=None) -> int:
         for path in args.records:
             if not os.path.isfile(path):
                 raise ValueError(f"records file not found: {path}")
-        run = run_config(args, args.out, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+        run = run_config(args, args.out)
         from .model_loading import init_folder
 
         if init_folder(args.init) is None:

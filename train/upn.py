@@ -199,23 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="where checkpoints, the model (final/) and metrics go")
     p.add_argument("--preset", default="upn-tiny", help="model preset (upn-tiny, upn-large)")
     p.add_argument("--init", default=None, help="start from a save_pretrained folder instead of random init")
-    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per step per process (default 4)")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak AdamW learning rate (default 2e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
     p.add_argument("--clip-grad", type=float, default=0.1, help="max grad norm (DETR default 0.1; 0: no clipping)")
     p.add_argument("--short-side", type=int, default=None, help="resize short side (default: preset's)")
     p.add_argument("--max-size", type=int, default=None, help="cap on the long side (default: preset's)")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
-    p.add_argument("--seed", type=int, default=0, help="seeds init, data order and flips (default 0)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default 500)")
-    p.add_argument("--log-every", type=int, default=10, help="append losses to metrics.jsonl every N steps")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest OUTPUT_DIR/checkpoint-* (exact: same data order and RNG)")
     p.add_argument("--cpu", action="store_true", help="force CPU even if an accelerator is present")
-    add_loop_arguments(p)
+    add_loop_arguments(p, steps=1000, batch_size=4, lr=2e-4, warmup_steps=100, save_every=500, log_every=10)
     return p
 
 
@@ -227,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_workers < 0:
         raise SystemExit(f"error: --num-workers must be >= 0, got {args.num_workers}")
     try:
-        run = run_config(args, args.output_dir, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+        run = run_config(args, args.output_dir)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     run_training(UPNTask(args, sources), run, max_grad_norm=args.clip_grad if args.clip_grad > 0 else None,

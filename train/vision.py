@@ -296,21 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name (random weights, needs --tokenizer; default chatrex-tiny-scratch), a bundled model or a ChatRex folder")
     p.add_argument("--tokenizer", help="tokenizer folder for a preset init")
     p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freeze-low", action="store_true",
                    help="keep the CLIP (low-resolution) tower frozen and train the ConvNeXt and the box heads only (about half the time)")
     p.add_argument("--preserve", type=float, default=0.0,
                    help="weight of the encoder outputs' drift from the --init model's (default 0: free). Use it to teach a trained "
                         "model's towers a missing attribute while its LLM keeps the features it reads")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest OUT/checkpoint-*")
-    add_loop_arguments(p)
+    add_loop_arguments(p, steps=1500, batch_size=8, lr=1e-3, warmup_steps=50, save_every=100, log_every=20)
     return p
 
 
@@ -324,7 +316,7 @@ def main(argv=None) -> int:
         for path in args.records + args.eval:
             if not os.path.isfile(path):
                 raise ValueError(f"records file not found: {path}")
-        run = run_config(args, args.out, args.steps, args.batch_size, args.seed, args.save_every, args.log_every)
+        run = run_config(args, args.out)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

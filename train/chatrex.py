@@ -45,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from .loop import check_output_dir
     from .trainer import train  # heavy imports after argument checking
 
+    try:
+        check_output_dir(cfg.train.output_dir, args.resume)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         result = train(cfg, resume=args.resume)
     except KeyboardInterrupt:

@@ -132,10 +132,12 @@ class TrainResult:
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
-                       save_every: int, log_every: int) -> None:
+                       save_every: int, log_every: int, workers: int) -> None:
     """The loop's options, the same for every stage's command line, with the stage's defaults
     (read back by :func:`run_config`)."""
     group = parser.add_argument_group("training loop (the same for every stage)")
+    group.add_argument("--out", "--output-dir", dest="output_dir", required=True,
+                       help="output folder: final/ (the result), checkpoint-*/ (resumable), metrics.jsonl")
     group.add_argument("--steps", type=int, default=steps, help="optimizer steps (default %(default)s)")
     group.add_argument("--batch-size", type=int, default=batch_size, help="samples per step per process (default %(default)s)")
     group.add_argument("--lr", type=float, default=lr, help="peak AdamW learning rate (default %(default)s)")
@@ -144,6 +146,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_siz
     group.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N steps (default %(default)s)")
     group.add_argument("--log-every", type=int, default=log_every, help="append a metrics.jsonl row every N steps (default %(default)s)")
     group.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
+    group.add_argument("--workers", "--num-workers", dest="workers", type=int, default=workers,
+                       help="DataLoader worker processes (default %(default)s)")
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     group.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default 1)")
     group.add_argument("--max-minutes", type=float, default=None,
                        help="wall-clock budget: stop after the first step past it, checkpoint and write final/")
@@ -153,26 +158,60 @@ def add_loop_arguments(parser: argparse.ArgumentParser, *, steps: int, batch_siz
     group.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint-* in the output folder (same data order and RNG)")
 
 
-def run_config(args: argparse.Namespace, output_dir: str) -> RunConfig:
+def run_config(args: argparse.Namespace) -> RunConfig:
     """A validated :class:`~train.config.RunConfig` from :func:`add_loop_arguments`' options;
     ``ValueError`` names the bad option by its flag. Evaluation runs at the last step."""
     counts = {"--steps": args.steps, "--batch-size": args.batch_size, "--save-every": args.save_every, "--log-every": args.log_every,
-              "--grad-accum": args.grad_accum, "--keep-checkpoints": args.keep_checkpoints}
+              "--grad-accum": args.grad_accum, "--keep-checkpoints": args.keep_checkpoints, "--lr": args.lr}
     for flag, value in counts.items():
-        if value <= 0:
+        if not value > 0:
             raise ValueError(f"{flag} must be positive, got {value}")
-    if args.warmup_steps < 0:
-        raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    for flag, value in {"--warmup-steps": args.warmup_steps, "--workers": args.workers}.items():
+        if value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     if args.deepspeed is not None and not os.path.isfile(args.deepspeed):
         raise ValueError(f"--deepspeed file {args.deepspeed!r} does not exist")
-    run = RunConfig(output_dir=output_dir, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+    check_output_dir(args.output_dir, args.resume)
+    run = RunConfig(output_dir=args.output_dir, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                     seed=args.seed, save_every=args.save_every, eval_every=args.steps, log_every=args.log_every,
                     keep_checkpoints=args.keep_checkpoints, max_minutes=args.max_minutes,
                     mixed_precision=args.mixed_precision, deepspeed=args.deepspeed)
     run.validate()
     return run
+
+
+def check_files(flag: str, paths) -> None:
+    """``ValueError`` naming ``flag`` and the first of ``paths`` that is not a file."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"{flag} file not found: {path}")
+
+
+def check_output_dir(output_dir: str, resume: bool) -> None:
+    """A run that does not resume must not start in a folder holding another run's checkpoints:
+    their pruning would delete the new ones, and a later ``--resume`` would continue the old run."""
+    found = None if resume else latest_checkpoint(output_dir)
+    if found is not None:
+        raise ValueError(f"{output_dir} holds checkpoints of an earlier run ({os.path.basename(found)}): continue it with "
+                         "--resume, or give another output folder (or delete its checkpoint-* folders)")
+
+
+def run_from_cli(task: TrainingTask, run: RunConfig, **options) -> int:
+    """:func:`run_training` for a stage's command line: prints the evaluation and where the result
+    is and returns 0; on Ctrl-C (the loop has saved a checkpoint) one line and 130."""
+    import sys
+
+    try:
+        result = run_training(task, run, **options)
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with the same command and --resume (checkpoints in {run.output_dir})", file=sys.stderr)
+        return 130
+    if result.eval_metrics:
+        print("eval: " + json.dumps(result.eval_metrics))
+    print(f"wrote {result.final_dir} after {result.steps} steps")
+    return 0
 
 
 def _mixed_precision(setting: str) -> str:
@@ -267,6 +306,7 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
         optimizer_options: AdamW defaults for every group (e.g. ``{"lr": 1e-3, "weight_decay": 0.01}``).
     """
     run.validate()
+    check_output_dir(run.output_dir, resume)
     accelerator = build_accelerator(run, force_cpu=force_cpu)
     out = run.output_dir
     if accelerator.is_main_process:
@@ -306,6 +346,8 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
             task.load_extra_state(state.get("task", {}))
             accelerator.print(f"resumed from {path} at step {step}")
 
+    if step >= run.max_steps:
+        accelerator.print(f"already at step {step} >= max_steps {run.max_steps}: nothing to train, final/ is written again")
     batches_per_epoch = len(loader)
     if offset >= batches_per_epoch:
         epoch, offset = epoch + 1, 0
@@ -327,6 +369,14 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
         last_saved = step
 
     started = time.perf_counter()
+    pending_row = None  # the newest step's metrics, until written
+
+    def write_row():
+        nonlocal pending_row
+        if pending_row is not None and accelerator.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(pending_row) + "\n")
+        pending_row = None
 
     def out_of_time() -> bool:
         if run.max_minutes is None:
@@ -375,10 +425,10 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                     if eval_metrics:
                         accelerator.print(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
                 evaluated = any(k.startswith("eval_") for k in row)
-                if accelerator.is_main_process and (step % run.log_every == 0 or evaluated or step == run.max_steps):
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
                 timed_out = out_of_time()
+                pending_row = row
+                if step % run.log_every == 0 or evaluated or step == run.max_steps or timed_out:
+                    write_row()
                 if step % run.save_every == 0 or step == run.max_steps or timed_out:
                     checkpoint()
                 if timed_out:
@@ -390,6 +440,7 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                 continue
             break
     except KeyboardInterrupt:
+        write_row()  # the last step's, so the log ends where the checkpoint does
         if step > last_saved:
             accelerator.print(f"\ninterrupted: saving checkpoint at step {step} (resume with --resume)")
             checkpoint()
@@ -402,7 +453,8 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
     n_skipped = int(accelerator.reduce(torch.tensor(len(skipped), device=accelerator.device), "sum"))
     if n_skipped:
         warnings.warn(f"{n_skipped} bad record(s) were skipped; first: {next(iter(skipped.items()), None)}", stacklevel=2)
-    accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {rate:.2f} samples/s, {n_skipped} bad record(s) skipped")
+    speed = f"{rate:.2f} samples/s" if math.isfinite(rate) else "too few steps to time"
+    accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {speed}, {n_skipped} bad record(s) skipped")
 
     final = os.path.join(out, FINAL_DIR)
     state_dict = accelerator.get_state_dict(model)

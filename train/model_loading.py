@@ -42,6 +42,24 @@ def init_folder(init: str) -> Path | None:
     )
 
 
+def check_init(init: str, tokenizer: str | None = None, presets: bool = True) -> None:
+    """A command line's ``--init`` / ``--tokenizer`` checked before anything loads, with
+    ``ValueError`` in its words: ``init`` must name a folder, a bundled model or (when
+    ``presets``) a preset, which needs ``tokenizer``; a ``tokenizer`` folder must exist (a
+    missing one would otherwise be looked up on the Hugging Face hub)."""
+    try:
+        folder = init_folder(init)
+    except ValueError as err:
+        raise ValueError(str(err).replace(f"model.init={init!r}", f"--init {init!r}")) from None
+    if folder is None and not presets:
+        raise ValueError(f"--init {init!r} is a preset (random weights); give a ChatRex folder or a bundled model")
+    if folder is None and tokenizer is None:
+        raise ValueError(f"--init {init!r} is a preset (random weights): give --tokenizer, a tokenizer folder "
+                         "(python -m train.tokenizer makes one)")
+    if tokenizer is not None and not os.path.isdir(tokenizer):
+        raise ValueError(f"--tokenizer folder not found: {tokenizer}")
+
+
 def upn_folder(init: str) -> Path | None:
     """The proposal network that travels with ``init``: its folder's ``upn/`` subfolder (where a
     bundle keeps it and ``ChatRexPredictor`` looks for it), or ``None``."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 
 import numpy as np
@@ -42,7 +41,8 @@ from chatrex.utils.jsonl import JsonlRecords
 from .answer_metrics import index_accuracy
 from .checkpointing import save_pretrained_into
 from .dataset import EpochSampler
-from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
+from .loop import TrainingData, TrainingTask, add_loop_arguments, check_files, run_config, run_from_cli
+from .model_loading import check_init
 from .tasks import build_detection, build_region
 
 REGION_FIELDS = ("category", "phrase")  # what a slot made of the phrase can answer
@@ -207,24 +207,23 @@ class TextPretrainTask(TrainingTask):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.text_pretrain", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m train.text_pretrain", description="Stage 0b: teach a from-scratch LLM to copy phrases "
+                                "and to look up boxes, from text (object slots filled with phrase embeddings); only the LLM trains.",
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", required=True, help="ChatRex folder (e.g. stage 0's OUT/final) or a bundled model (chatrex-tiny)")
-    p.add_argument("--records", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
-    p.add_argument("--turns", type=int, default=6)
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (default 1)")
+    p.add_argument("--records", nargs="+", required=True, help="training records.jsonl (regions with phrases); no images are read")
+    p.add_argument("--turns", type=int, default=6, help="question-answer turns per sample (default 6)")
     p.add_argument("--reinit-llm-std", type=float, default=None,
                    help="re-initialise the LLM (linear and embedding weights ~ N(0, std), norms 1, biases 0) before training. "
                         "Transformers' default 0.02 is too small for a tiny from-scratch model to start content-based retrieval; 0.045 works (docs/training.md)")
     p.add_argument("--lookup", type=float, default=0.0,
-                   help="probability that a turn is a one-hop lookup turn (phrase<objK> pairs), a curriculum for content lookup")
+                   help="probability that a turn is a one-hop lookup turn (phrase<objK> pairs), a curriculum for content lookup (default 0)")
     p.add_argument("--object-index-embedding", action="store_true",
                    help="turn on config.object_index_embedding (the chatrex-tiny-scratch preset has it; use for folders saved before it existed)")
     p.add_argument("--object-pointer", action="store_true",
                    help="turn on config.object_pointer_head and config.object_reference_features (the chatrex-tiny-scratch preset has "
                         "them; use for folders saved before they existed). The pointer head trains with the LLM")
-    add_loop_arguments(p, steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, save_every=250, log_every=20)
+    add_loop_arguments(p, steps=1500, batch_size=16, lr=1e-3, warmup_steps=50, save_every=250, log_every=20, workers=1)
     return p
 
 
@@ -237,23 +236,14 @@ def main(argv=None) -> int:
             raise ValueError(f"--reinit-llm-std must be > 0, got {args.reinit_llm_std}")
         if not 0.0 <= args.lookup <= 1.0:
             raise ValueError(f"--lookup must be in [0, 1], got {args.lookup}")
-        if args.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {args.workers}")
-        for path in args.records:
-            if not os.path.isfile(path):
-                raise ValueError(f"records file not found: {path}")
-        run = run_config(args, args.out)
-        from .model_loading import init_folder
-
-        if init_folder(args.init) is None:
-            raise ValueError(f"--init {args.init!r} is a preset (random weights); give a ChatRex folder or a bundled model")
+        check_files("--records", args.records)
+        run = run_config(args)
+        check_init(args.init, presets=False)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = run_training(TextPretrainTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
-                          optimizer_options={"lr": args.lr, "weight_decay": 0.01})
-    print(f"wrote {result.final_dir} after {result.steps} steps")
-    return 0
+    return run_from_cli(TextPretrainTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
+                        force_cpu=args.cpu, optimizer_options={"lr": args.lr, "weight_decay": 0.01})
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 
 from upn import UPNModel, get_config
+from upn.config import UPNConfig
 from upn.image_processing import resize_normalize, resized_size, to_rgb_image
 
 from .dataset import EpochSampler
-from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
+from .loop import TrainingData, TrainingTask, add_loop_arguments, check_files, run_config, run_from_cli
 
 GRANULARITIES = ("coarse", "fine")
 
@@ -135,18 +136,14 @@ class UPNTask(TrainingTask):
 
     description = "train upn"
 
-    def __init__(self, args: argparse.Namespace, sources: list[tuple[str, str]]):
-        self.args, self.sources = args, sources
+    def __init__(self, args: argparse.Namespace, sources: list[tuple[str, str]], config: UPNConfig):
+        self.args, self.sources, self.config = args, sources, config
 
     def build(self, accelerator):
         args = self.args
-        model = UPNModel(get_config(args.preset)) if args.init is None else UPNModel.from_pretrained(args.init)
+        model = UPNModel(self.config) if args.init is None else UPNModel.from_pretrained(args.init)
+        model.config.image = self.config.image  # the saved model keeps the training resize rule
         config = model.config
-        if args.short_side is not None or args.max_size is not None:
-            short = args.short_side or config.image.short_side
-            # dataclasses.replace re-runs validation; the saved model keeps the training resize rule.
-            config.image = dataclasses.replace(config.image, short_side=short,
-                                               max_size=args.max_size or max(config.image.max_size, short))
         samples, skipped = load_coco_sources(self.sources, args.image_root)
         if not samples:
             raise ValueError(f"the COCO files {[path for path, _ in self.sources]} contain no images")
@@ -180,6 +177,30 @@ class UPNTask(TrainingTask):
         module.save_pretrained(folder)
 
 
+def training_config(args: argparse.Namespace) -> UPNConfig:
+    """The config the run trains: ``--preset``'s or ``--init``'s, with ``--short-side`` /
+    ``--max-size`` applied. ``ValueError`` names a bad value."""
+    if args.init is not None:
+        path = os.path.join(args.init, "config.json")
+        if not os.path.isfile(path):
+            hint = " (did you mean its final/ folder?)" if os.path.isfile(os.path.join(args.init, "final", "config.json")) else ""
+            raise ValueError(f"--init {args.init!r} is not a UPN folder: {path} does not exist{hint}")
+        config = UPNConfig.load(path)
+    else:
+        config = get_config(args.preset)
+    for flag, value in (("--short-side", args.short_side), ("--max-size", args.max_size)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.short_side is not None or args.max_size is not None:
+        short = args.short_side or config.image.short_side
+        longest = args.max_size or max(config.image.max_size, short)
+        if longest < short:
+            raise ValueError(f"--max-size {longest} is below the short side {short} ({'--short-side' if args.short_side else 'the preset'}'s); "
+                             "give --short-side too")
+        config.image = dataclasses.replace(config.image, short_side=short, max_size=longest)  # replace re-validates
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m train.upn",
@@ -196,36 +217,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO file whose boxes are fine (parts); repeatable")
     p.add_argument("--image-root", default=None,
                    help="folder that file_name is relative to (default: each JSON's folder)")
-    p.add_argument("--output-dir", required=True, help="where checkpoints, the model (final/) and metrics go")
-    p.add_argument("--preset", default="upn-tiny", help="model preset (upn-tiny, upn-large)")
+    p.add_argument("--preset", default="upn-tiny", help="model preset (upn-tiny, upn-large; default upn-tiny)")
     p.add_argument("--init", default=None, help="start from a save_pretrained folder instead of random init")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--clip-grad", type=float, default=0.1, help="max grad norm (DETR default 0.1; 0: no clipping)")
     p.add_argument("--short-side", type=int, default=None, help="resize short side (default: preset's)")
     p.add_argument("--max-size", type=int, default=None, help="cap on the long side (default: preset's)")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--cpu", action="store_true", help="force CPU even if an accelerator is present")
-    add_loop_arguments(p, steps=1000, batch_size=4, lr=2e-4, warmup_steps=100, save_every=500, log_every=10)
+    add_loop_arguments(p, steps=1000, batch_size=4, lr=2e-4, warmup_steps=100, save_every=500, log_every=10, workers=0)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sources = [(f, "coarse") for f in args.coarse] + [(f, "fine") for f in args.fine]
-    if not sources:
-        raise SystemExit("error: give at least one --coarse or --fine COCO file")
-    if args.num_workers < 0:
-        raise SystemExit(f"error: --num-workers must be >= 0, got {args.num_workers}")
     try:
-        run = run_config(args, args.output_dir)
+        if not sources:
+            raise ValueError("give at least one --coarse or --fine COCO file")
+        check_files("--coarse", args.coarse)
+        check_files("--fine", args.fine)
+        config = training_config(args)
+        run = run_config(args)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-    run_training(UPNTask(args, sources), run, max_grad_norm=args.clip_grad if args.clip_grad > 0 else None,
-                 num_workers=args.num_workers, resume=args.resume, force_cpu=args.cpu,
-                 optimizer_options={"lr": args.lr, "weight_decay": args.weight_decay})
-    print(f"model in {os.path.join(args.output_dir, 'final')}")
-    return 0
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_from_cli(UPNTask(args, sources, config), run, max_grad_norm=args.clip_grad if args.clip_grad > 0 else None,
+                        num_workers=args.workers, resume=args.resume, force_cpu=args.cpu,
+                        optimizer_options={"lr": args.lr, "weight_decay": args.weight_decay})
 
 
 if __name__ == "__main__":

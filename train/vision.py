@@ -45,7 +45,8 @@ from chatrex.utils.jsonl import JsonlRecords
 
 from .checkpointing import save_pretrained_into
 from .dataset import EpochSampler
-from .loop import TrainingData, TrainingTask, add_loop_arguments, run_config, run_training
+from .loop import TrainingData, TrainingTask, add_loop_arguments, check_files, run_config, run_from_cli
+from .model_loading import check_init
 
 ATTRIBUTES = ("color", "size", "pattern")
 BACKGROUND = "background"
@@ -225,7 +226,7 @@ class VisionTask(TrainingTask):
         train_records = JsonlRecords(args.records)
         self.labels = LabelSpace(train_records.raw(i) for i in range(len(train_records)))
         if accelerator.is_main_process:
-            with open(os.path.join(args.out, "labels.json"), "w") as f:
+            with open(os.path.join(args.output_dir, "labels.json"), "w") as f:
                 json.dump(self.labels.to_dict(), f, indent=1)
         self.grid = model.config.vision_low_config.image_size // model.config.vision_low_config.patch_size
         object_dim = sum(model.model.vision_high.config.hidden_sizes[i] for i in model.model.object_encoder.feature_levels)
@@ -288,21 +289,20 @@ class VisionTask(TrainingTask):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.vision", description=__doc__.split("Examples::")[0].strip().splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m train.vision", description="Stage 0: pretrain the vision encoders (CLIP and ConvNeXt) "
+                                "on region labels with linear heads on box features and CLIP patches; OUT/final is a ChatRex folder for stage 1.",
                                 epilog="Examples::" + __doc__.split("Examples::")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", nargs="+", required=True, help="training records.jsonl (regions with boxes, categories, attributes)")
     p.add_argument("--eval", nargs="*", default=[], help="records to report head accuracies on at the end")
     p.add_argument("--init", default="chatrex-tiny-scratch",
                    help="preset name (random weights, needs --tokenizer; default chatrex-tiny-scratch), a bundled model or a ChatRex folder")
-    p.add_argument("--tokenizer", help="tokenizer folder for a preset init")
-    p.add_argument("--out", required=True, help="output folder: OUT/final (model), OUT/checkpoint-* (resumable), OUT/metrics.jsonl")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    p.add_argument("--tokenizer", help="tokenizer folder for a preset --init (python -m train.tokenizer makes one)")
     p.add_argument("--freeze-low", action="store_true",
                    help="keep the CLIP (low-resolution) tower frozen and train the ConvNeXt and the box heads only (about half the time)")
     p.add_argument("--preserve", type=float, default=0.0,
                    help="weight of the encoder outputs' drift from the --init model's (default 0: free). Use it to teach a trained "
                         "model's towers a missing attribute while its LLM keeps the features it reads")
-    add_loop_arguments(p, steps=1500, batch_size=8, lr=1e-3, warmup_steps=50, save_every=100, log_every=20)
+    add_loop_arguments(p, steps=1500, batch_size=8, lr=1e-3, warmup_steps=50, save_every=100, log_every=20, workers=1)
     return p
 
 
@@ -311,21 +311,15 @@ def main(argv=None) -> int:
     try:
         if args.preserve < 0:
             raise ValueError(f"--preserve must be >= 0, got {args.preserve}")
-        if args.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {args.workers}")
-        for path in args.records + args.eval:
-            if not os.path.isfile(path):
-                raise ValueError(f"records file not found: {path}")
-        run = run_config(args, args.out)
+        check_files("--records", args.records)
+        check_files("--eval", args.eval)
+        run = run_config(args)
+        check_init(args.init, args.tokenizer)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = run_training(VisionTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
-                          optimizer_options={"lr": args.lr, "weight_decay": 0.01})
-    if result.eval_metrics:
-        print("eval accuracies:", json.dumps(result.eval_metrics))
-    print(f"wrote {result.final_dir} after {result.steps} steps")
-    return 0
+    return run_from_cli(VisionTask(args), run, max_grad_norm=1.0, num_workers=args.workers, resume=args.resume,
+                        force_cpu=args.cpu, optimizer_options={"lr": args.lr, "weight_decay": 0.01})
 
 
 if __name__ == "__main__":

@@ -320,7 +320,9 @@ class UPNModel(nn.Module):
         weights_path = os.path.join(directory, WEIGHTS_NAME)
         for p in (cfg_path, weights_path):
             if not os.path.isfile(p):
-                raise FileNotFoundError(f"UPN checkpoint file missing: {p}")
+                final = os.path.join(directory, "final", CONFIG_NAME)
+                hint = f" (a training run's output folder? its model is {os.path.dirname(final)})" if os.path.isfile(final) else ""
+                raise FileNotFoundError(f"UPN checkpoint file missing: {p}{hint}")
         model = cls(UPNConfig.load(cfg_path))
         state = load_file(weights_path, device=str(map_location))
         try:

@@ -295,7 +295,10 @@ def infer_config(state: dict, num_heads: int = 8) -> UPNConfig:
 # -- files ----------------------------------------------------------------------------------------
 def read_official_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``checkpoint["model"]`` of an official ``.pth`` (tensors only, ``weights_only=True``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and key errors of every kind for a file that is no checkpoint
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         return ckpt["model"]
     raise ValueError(f"{path} is not an official UPN checkpoint: expected a dict with a 'model' state dict")
@@ -324,6 +327,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to_official: bool = 
     """official ``.pth`` -> our folder, or with ``to_official`` our folder -> official ``.pth``."""
     if to_official:
         model = UPNModel.from_pretrained(src)
+        if model.config.backbone.model_type != "swin":
+            raise ValueError(f"{src} is {model.config.name!r} with a {model.config.backbone.model_type!r} backbone: only Swin "
+                             "UPNs (upn-large, a converted upn_large.pth) have an official layout")
         state = ours_to_official(model.state_dict(), model.config)
         torch.save({"model": {k: v.contiguous() for k, v in state.items()}}, dst)
     else:

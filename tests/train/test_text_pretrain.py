@@ -134,9 +134,11 @@ def test_text_pretraining_resumes_exactly(records_path, tiny_tokenizer_dir, tmp_
 
 
 @pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be positive"), (["--reinit-llm-std", "0"], "must be > 0"),
-                                           (["--lookup", "2"], "--lookup must be in [0, 1]"), (["--max-minutes", "-1"], "--max-minutes must be positive")])
+                                           (["--lookup", "2"], "--lookup must be in [0, 1]"), (["--max-minutes", "-1"], "--max-minutes must be positive"),
+                                           (["--init", "chatrex-tiny-random"], "is a preset (random weights); give a ChatRex folder")])
 def test_text_pretraining_argument_errors(args, message, records_path, tmp_path, capsys):
-    assert main(["--init", "chatrex-tiny", "--records", records_path, "--out", str(tmp_path)] + args) == 2
+    init = ["--init", "chatrex-tiny"] if "--init" not in args else []
+    assert main(init + ["--records", records_path, "--out", str(tmp_path)] + args) == 2
     assert message in capsys.readouterr().err
 
 

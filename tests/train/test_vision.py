@@ -54,7 +54,12 @@ def test_vision_stage_trains_only_the_encoders_and_resumes(records_path, tiny_to
     assert model.config.image_token_id is not None
 
 
-@pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be positive"), (["--records", "nope.jsonl"], "not found: nope.jsonl")])
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be positive"), (["--records", "nope.jsonl"], "not found: nope.jsonl"),
+    ([], "is a preset (random weights): give --tokenizer"),  # the default --init is a preset
+    (["--tokenizer", "nowhere"], "--tokenizer folder not found: nowhere"),  # not looked up on the hub
+    (["--init", "nowhere"], "--init 'nowhere' is not a folder, a bundled model"),
+])
 def test_vision_stage_argument_errors(args, message, tmp_path, capsys):
     base = {"--records": "x", "--steps": "1"}
     argv = ["--out", str(tmp_path)]

@@ -151,3 +151,21 @@ def test_upn_large_has_the_official_parameter_count():
         model = UPNModel(get_config("upn-large"))
     used = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.body.swin.layernorm."))
     assert used + 2 * (256 * 256 + 256) == 217_638_460
+
+
+def test_a_file_that_is_no_checkpoint_is_a_value_error(tmp_path):
+    from chatrex.convert.upn import read_official_state
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02not a checkpoint at all" * 10)
+    with pytest.raises(ValueError, match="junk.pth is not a PyTorch checkpoint"):
+        read_official_state(junk)
+
+
+def test_only_swin_upns_convert_back_to_the_official_layout(tmp_path):
+    from chatrex.convert.upn import convert
+    from upn import UPNModel, get_config
+
+    UPNModel(get_config("upn-tiny")).save_pretrained(tmp_path / "tiny")
+    with pytest.raises(ValueError, match="only Swin UPNs .* have an official layout"):
+        convert(tmp_path / "tiny", tmp_path / "out.pth", to_official=True)

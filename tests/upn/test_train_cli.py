@@ -82,7 +82,78 @@ def test_resume_without_checkpoint_starts_from_scratch(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--batch-size", "-1"), ("--max-minutes", "0"), ("--grad-accum", "0")])
-def test_bad_loop_options_name_the_flag(tmp_path, flag, value):
+def test_bad_loop_options_name_the_flag(tmp_path, capsys, flag, value):
     json_path = _write_fixture(tmp_path)
-    with pytest.raises(SystemExit, match=f"{flag} must be positive"):
-        main(["--coarse", str(json_path), "--output-dir", str(tmp_path / "d"), flag, value, "--cpu"])
+    assert main(["--coarse", str(json_path), "--output-dir", str(tmp_path / "d"), flag, value, "--cpu"]) == 2
+    assert f"{flag} must be positive" in capsys.readouterr().err
+
+
+def _argv(json_path, out, steps, *extra):
+    return ["--coarse", str(json_path), "--output-dir", str(out), "--steps", str(steps), "--batch-size", "2",
+            "--short-side", "64", "--max-size", "64", "--warmup-steps", "1", "--save-every", "2", "--cpu", *extra]
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, capsys):
+    """Without --resume, another run's checkpoints would be pruned in place of the new ones."""
+    json_path = _write_fixture(tmp_path)
+    assert main(_argv(json_path, tmp_path / "o", 2)) == 0
+    assert main(_argv(json_path, tmp_path / "o", 3)) == 2
+    assert "holds checkpoints of an earlier run (checkpoint-00000002)" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_logs_and_exits_130(tmp_path, monkeypatch, capsys):
+    from train.upn import UPNTask
+
+    calls = []
+    real_loss = UPNTask.loss
+
+    def loss(self, model, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(UPNTask, "loss", loss)
+    json_path = _write_fixture(tmp_path)
+    assert main(_argv(json_path, tmp_path / "o", 50, "--save-every", "100")) == 130
+    err = capsys.readouterr().err
+    assert "--resume" in err and "Traceback" not in err
+    assert (tmp_path / "o" / "checkpoint-00000001").is_dir()
+    assert _steps(tmp_path / "o") == [1]  # the log ends where the checkpoint does
+
+
+def test_max_minutes_stops_with_a_checkpoint_a_log_row_and_final(tmp_path):
+    json_path = _write_fixture(tmp_path)
+    assert main(_argv(json_path, tmp_path / "o", 50, "--max-minutes", "1e-9", "--log-every", "10")) == 0
+    assert _steps(tmp_path / "o") == [1]
+    assert (tmp_path / "o" / "checkpoint-00000001").is_dir() and (tmp_path / "o" / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-size", "32"], "--max-size 32 is below the short side 64"),
+    (["--short-side", "0"], "--short-side must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--preset", "nope"], "nope"),
+    (["--fine", "missing.json"], "--fine file not found: missing.json"),
+])
+def test_user_errors_are_one_line_naming_the_flag(tmp_path, capsys, extra, message):
+    json_path = _write_fixture(tmp_path)
+    argv = _argv(json_path, tmp_path / "o", 1)
+    if extra[0] in argv:  # replace the default value of that flag
+        i = argv.index(extra[0])
+        argv[i + 1] = extra[1]
+    else:
+        argv += extra
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_init_pointing_at_a_run_folder_names_its_final_folder(tmp_path, capsys):
+    json_path = _write_fixture(tmp_path)
+    assert main(_argv(json_path, tmp_path / "run", 1)) == 0
+    assert main(_argv(json_path, tmp_path / "o", 1, "--init", str(tmp_path / "run"))) == 2
+    assert "did you mean its final/ folder?" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="its model is .*run/final"):
+        from upn import UPNModel
+
+        UPNModel.from_pretrained(tmp_path / "run")

@@ -25,24 +25,24 @@ if step upn runs/upn-tiny/final/config.json; then
   $PY -m data_engine.coco data/synth/train/records.jsonl
   $PY -m train.upn --coarse data/synth/train/coco_coarse.json --fine data/synth/train/coco_fine.json \
       --preset upn-tiny --steps 1200 --batch-size 4 --lr 4e-4 --warmup-steps 50 --short-side 384 --max-size 384 \
-      --save-every 100 --output-dir runs/upn-tiny
+      --save-every 100 --output-dir runs/upn-tiny --resume
 fi
 if step proposals data/synth/train/records_upn.jsonl; then
   $PY -m data_engine.proposals data/synth/train/records.jsonl --upn runs/upn-tiny/final --out data/synth/train/records_upn.jsonl
 fi
 if step vision runs/chatrex-tiny/vision/final/config.json; then
   $PY -m train.vision --records data/synth/train/records.jsonl --eval data/synth/val/records.jsonl \
-      --tokenizer runs/tokenizer --steps 450 --warmup-steps 30 --out runs/chatrex-tiny/vision
+      --tokenizer runs/tokenizer --steps 450 --warmup-steps 30 --out runs/chatrex-tiny/vision --resume
 fi
 if step text runs/chatrex-tiny/text_lookup/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/vision/final --records data/synth/train/records.jsonl \
-      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text_lookup
+      --steps 600 --lr 1.5e-3 --save-every 150 --object-index-embedding --reinit-llm-std 0.045 --lookup 0.5 --out runs/chatrex-tiny/text_lookup --resume
 fi
 # The pointer head (chatrex/layers/object_pointer.py) was added after the text run above; it continues
 # that run with the head on and fewer one-hop lookup turns.
 if step pointer runs/chatrex-tiny/text_pointer/final/config.json; then
   $PY -m train.text_pretrain --init runs/chatrex-tiny/text_lookup/final --records data/synth/train/records.jsonl \
-      --steps 300 --lr 1e-3 --save-every 150 --log-every 10 --object-pointer --lookup 0.2 --out runs/chatrex-tiny/text_pointer
+      --steps 300 --lr 1e-3 --save-every 150 --log-every 10 --object-pointer --lookup 0.2 --out runs/chatrex-tiny/text_pointer --resume
 fi
 if step stage1 runs/chatrex-tiny/stage1/final/config.json; then
   OMP_NUM_THREADS=1 $PY -m train.chatrex --config train/configs/stage1.yaml --resume

@@ -25,7 +25,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -71,6 +73,9 @@ class TrainingTask(abc.ABC):
 
     zero_hidden_size: int | None = None
     """The LLM width, for DeepSpeed ZeRO's ``auto`` bucket sizes (None: leave them to accelerate)."""
+
+    zero3 = True
+    """Whether the task works under DeepSpeed ZeRO-3 (parameters sharded between processes)."""
 
     @abc.abstractmethod
     def build(self, accelerator: Accelerator) -> torch.nn.Module:
@@ -198,11 +203,27 @@ def check_output_dir(output_dir: str, resume: bool) -> None:
                          "--resume, or give another output folder (or delete its checkpoint-* folders)")
 
 
+def check_task(task: TrainingTask, run: RunConfig) -> None:
+    """``ValueError`` for settings the task cannot train under (read before any process group exists)."""
+    if run.deepspeed and not task.zero3:
+        with open(run.deepspeed) as f:
+            stage = json.load(f).get("zero_optimization", {}).get("stage", 0)
+        if stage == 3:
+            raise ValueError(f"{task.description} does not run under DeepSpeed ZeRO-3 ({run.deepspeed}); use ZeRO-2 "
+                             "(train/configs/deepspeed/zero2.json)")
+
+
 def run_from_cli(task: TrainingTask, run: RunConfig, **options) -> int:
     """:func:`run_training` for a stage's command line: prints the evaluation and where the result
-    is and returns 0; on Ctrl-C (the loop has saved a checkpoint) one line and 130."""
+    is and returns 0; 2 and one line for settings the task cannot train under; on Ctrl-C (the
+    loop has saved a checkpoint) one line and 130."""
     import sys
 
+    try:
+        check_task(task, run)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         result = run_training(task, run, **options)
     except KeyboardInterrupt:
@@ -226,7 +247,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_accelerator(run: RunConfig, force_cpu: bool = False) -> Accelerator:
+def build_accelerator(run: RunConfig, force_cpu: bool = False, max_grad_norm: float | None = 1.0) -> Accelerator:
+    """``max_grad_norm`` reaches DeepSpeed's ``gradient_clipping`` (its engine clips; accelerate's
+    ``clip_grad_norm_`` does nothing under DeepSpeed). None: no clipping."""
     on_gpu = torch.cuda.is_available() and not force_cpu
     name_cpu_accelerator_for_deepspeed()  # no "Setting accelerator to CPU" when accelerate imports DeepSpeed
     # Some parameters get no gradient in a step: CLIP's last layer (features come from layer -2),
@@ -234,7 +257,8 @@ def build_accelerator(run: RunConfig, force_cpu: bool = False) -> Accelerator:
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     plugin = None
     if run.deepspeed:
-        plugin = DeepSpeedPlugin(hf_ds_config=run.deepspeed, gradient_accumulation_steps=run.grad_accum)
+        plugin = DeepSpeedPlugin(hf_ds_config=run.deepspeed, gradient_accumulation_steps=run.grad_accum,
+                                 gradient_clipping=max_grad_norm if max_grad_norm is not None else 0.0)
         if not on_gpu:
             # accelerate picks no backend for DeepSpeed on a CPU-only machine and would then run
             # every process as a world of one; gloo gives DeepSpeed a real process group.
@@ -307,7 +331,8 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
     """
     run.validate()
     check_output_dir(run.output_dir, resume)
-    accelerator = build_accelerator(run, force_cpu=force_cpu)
+    check_task(task, run)
+    accelerator = build_accelerator(run, force_cpu=force_cpu, max_grad_norm=max_grad_norm)
     out = run.output_dir
     if accelerator.is_main_process:
         os.makedirs(out, exist_ok=True)
@@ -378,12 +403,29 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                 f.write(json.dumps(pending_row) + "\n")
         pending_row = None
 
-    def out_of_time() -> bool:
-        if run.max_minutes is None:
-            return False
-        late = torch.tensor(float(time.perf_counter() - started > 60 * run.max_minutes), device=accelerator.device)
-        return bool(accelerator.reduce(late, "max") > 0)  # every process stops at the same step
+    in_flight = False  # a batch taken whose optimizer step has not finished (a checkpoint now would not be exact)
+    interrupted = False
 
+    def on_interrupt(signum, frame):
+        nonlocal interrupted
+        if interrupted or not in_flight:
+            raise KeyboardInterrupt  # a second Ctrl-C, or none in flight: stop now
+        interrupted = True
+        accelerator.print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def should_stop() -> tuple[bool, bool]:
+        """(out of time, interrupted), the same on every process, so all stop at the same step."""
+        late = run.max_minutes is not None and time.perf_counter() - started > 60 * run.max_minutes
+        flags = torch.tensor([float(late), float(interrupted)], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flags = accelerator.reduce(flags, "max")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    # Ctrl-C finishes the step in flight, so the checkpoint it leaves resumes exactly.
+    micro_losses: list[torch.Tensor] = []
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         while step < run.max_steps:
             sampler.start_epoch(epoch)
@@ -391,10 +433,12 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
             batches_seen = offset
             for batch in epoch_loader:
                 batches_seen += 1
+                in_flight = True
                 for index, reason in batch.get("skipped", ()) if isinstance(batch, Mapping) else ():
                     skipped.setdefault(index, reason)
                 with accelerator.accumulate(model):
                     loss, metrics = task.loss(model, batch)
+                    micro_losses.append(loss.detach())
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and max_grad_norm is not None:
                         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -404,7 +448,11 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                     continue
                 scheduler.step()
                 step += 1
-                last_loss = float(accelerator.reduce(loss.detach(), "mean"))
+                in_flight = False
+                # The step's loss: the mean over its micro-batches (one, without accumulation).
+                step_loss = torch.stack(micro_losses).float().mean()
+                micro_losses.clear()
+                last_loss = float(accelerator.reduce(step_loss, "mean"))
                 if not math.isfinite(last_loss):
                     raise RuntimeError(f"non-finite loss {last_loss} at step {step}; the last good checkpoint is "
                                        f"{latest_checkpoint(out) or 'none yet'} (resume from it with a lower learning rate)")
@@ -425,12 +473,14 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                     if eval_metrics:
                         accelerator.print(f"step {step}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_metrics.items()))
                 evaluated = any(k.startswith("eval_") for k in row)
-                timed_out = out_of_time()
+                timed_out, stop_now = should_stop()
                 pending_row = row
                 if step % run.log_every == 0 or evaluated or step == run.max_steps or timed_out:
                     write_row()
                 if step % run.save_every == 0 or step == run.max_steps or timed_out:
                     checkpoint()
+                if stop_now:
+                    raise KeyboardInterrupt
                 if timed_out:
                     accelerator.print(f"max_minutes={run.max_minutes} reached at step {step}")
                 if step >= run.max_steps or timed_out:
@@ -441,12 +491,17 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
             break
     except KeyboardInterrupt:
         write_row()  # the last step's, so the log ends where the checkpoint does
-        if step > last_saved:
+        if in_flight:
+            # Mid-step (a second Ctrl-C): the batch counter and RNG are past the last finished step.
+            accelerator.print(f"\nstopped mid-step; the newest checkpoint is {latest_checkpoint(out) or 'none'}")
+        elif step > last_saved:
             accelerator.print(f"\ninterrupted: saving checkpoint at step {step} (resume with --resume)")
             checkpoint()
         raise
     finally:
         bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
 
     elapsed = time.perf_counter() - timed_since if timed_since is not None else 0.0
     rate = timed_samples / elapsed if elapsed > 0 else float("nan")
@@ -457,8 +512,8 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
     accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {speed}, {n_skipped} bad record(s) skipped")
 
     final = os.path.join(out, FINAL_DIR)
-    state_dict = accelerator.get_state_dict(model)
-    digest = weights_digest(state_dict)  # before saving: save_pretrained empties the dict
+    state_dict = accelerator.get_state_dict(model)  # under ZeRO-3 gathered on the main process only (None elsewhere)
+    digest = weights_digest(state_dict) if state_dict is not None else ""  # before saving: save_pretrained empties the dict
     if accelerator.is_main_process:
         with replace_dir(final) as tmp:
             task.save(accelerator.unwrap_model(model), tmp, state_dict)

@@ -158,6 +158,7 @@ class TextPretrainTask(TrainingTask):
     head, when the model has one) trains."""
 
     description = "text pretrain"
+    zero3 = False  # slot features read the embedding matrix outside the forward, where ZeRO-3 has sharded it
 
     def __init__(self, args: argparse.Namespace):
         self.args = args

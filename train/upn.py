@@ -170,11 +170,12 @@ class UPNTask(TrainingTask):
         return TrainingData(self.dataset, EpochSampler(len(self.dataset), seed=self.args.seed), collate)
 
     def loss(self, model, batch):
-        losses = model(batch["pixel_values"], batch["granularity"], targets=batch["targets"], pixel_mask=batch["pixel_mask"])
+        dtype = next(model.parameters()).dtype  # bf16 under DeepSpeed, which does not autocast the inputs
+        losses = model(batch["pixel_values"].to(dtype), batch["granularity"], targets=batch["targets"], pixel_mask=batch["pixel_mask"])
         return losses["loss"], {k: round(v.item(), 5) for k, v in losses.items() if k != "loss"}
 
     def save(self, module, folder, state_dict):
-        module.save_pretrained(folder)
+        module.save_pretrained(folder, state_dict)
 
 
 def training_config(args: argparse.Namespace) -> UPNConfig:

@@ -144,9 +144,11 @@ def _encode(model, batch):
     CLIP tower (``--freeze-low``) is not run: its tokens are ``None``."""
     inner = model.model
     low = None
+    # The towers' dtype: bf16 under DeepSpeed, which does not autocast the inputs.
     if any(p.requires_grad for p in inner.vision_low.parameters()):
-        low = inner.vision_low(batch["low"], output_hidden_states=True).hidden_states[model.config.vision_low_feature_layer][:, 1:]
-    stages = tuple(inner.vision_high(batch["high"], output_hidden_states=True).hidden_states[1:])
+        pixels = batch["low"].to(inner.vision_low.dtype)
+        low = inner.vision_low(pixels, output_hidden_states=True).hidden_states[model.config.vision_low_feature_layer][:, 1:]
+    stages = tuple(inner.vision_high(batch["high"].to(inner.vision_high.dtype), output_hidden_states=True).hidden_states[1:])
     pooled = torch.cat(inner.object_encoder(stages, batch["boxes"]))
     return low, stages[-1].flatten(2).transpose(1, 2), pooled
 
@@ -213,6 +215,7 @@ class VisionTask(TrainingTask):
     """Stage 0 for :func:`train.loop.run_training` (module doc)."""
 
     description = "vision"
+    zero3 = False  # which heads run depends on the batch; ZeRO-3 gathers every module collectively
 
     def __init__(self, args: argparse.Namespace):
         self.args = args

@@ -304,12 +304,14 @@ class UPNModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``. ``state_dict``: the
+        weights to write when they are not the module's own (e.g. gathered from a sharded run)."""
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as fh:
             json.dump(self.config.to_dict(), fh, indent=2)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        weights = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod

@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -101,7 +103,8 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, capsys):
     assert "holds checkpoints of an earlier run (checkpoint-00000002)" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_logs_and_exits_130(tmp_path, monkeypatch, capsys):
+def _interrupt_at(monkeypatch, call, action):
+    """Make UPNTask.loss run ``action`` on its ``call``-th call (1-based)."""
     from train.upn import UPNTask
 
     calls = []
@@ -109,17 +112,42 @@ def test_ctrl_c_saves_logs_and_exits_130(tmp_path, monkeypatch, capsys):
 
     def loss(self, model, batch):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if len(calls) == call:
+            action()
         return real_loss(self, model, batch)
 
     monkeypatch.setattr(UPNTask, "loss", loss)
+
+
+def _raise_interrupt():
+    raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (SIGINT) mid-step: the step finishes, its checkpoint and log row are written, exit
+    130 with one line; resuming ends bit-identical to a run never interrupted."""
     json_path = _write_fixture(tmp_path)
-    assert main(_argv(json_path, tmp_path / "o", 50, "--save-every", "100")) == 130
+    assert main(_argv(json_path, tmp_path / "straight", 4, "--save-every", "100")) == 0
+    _interrupt_at(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    assert main(_argv(json_path, tmp_path / "o", 4, "--save-every", "100")) == 130
     err = capsys.readouterr().err
     assert "--resume" in err and "Traceback" not in err
-    assert (tmp_path / "o" / "checkpoint-00000001").is_dir()
-    assert _steps(tmp_path / "o") == [1]  # the log ends where the checkpoint does
+    assert [p.name for p in (tmp_path / "o").glob("checkpoint-*")] == ["checkpoint-00000002"]
+    assert _steps(tmp_path / "o") == [2]  # the log ends where the checkpoint does
+    monkeypatch.undo()
+    assert main(_argv(json_path, tmp_path / "o", 4, "--save-every", "100", "--resume")) == 0
+    a, b = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("straight", "o"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_an_inexact_checkpoint(tmp_path, monkeypatch, capsys):
+    json_path = _write_fixture(tmp_path)
+    _interrupt_at(monkeypatch, 2, _raise_interrupt)  # mid-step, as a second Ctrl-C lands
+    assert main(_argv(json_path, tmp_path / "o", 50, "--save-every", "100")) == 130
+    assert "stopped mid-step; the newest checkpoint is none" in capsys.readouterr().out
+    assert not list((tmp_path / "o").glob("checkpoint-*"))
+    assert _steps(tmp_path / "o") == [1]
 
 
 def test_max_minutes_stops_with_a_checkpoint_a_log_row_and_final(tmp_path):

@@ -25,11 +25,12 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .utils.atomic import publish_dir_once
 
 # The hub's repo-name rule (huggingface_hub's validate_repo_id): letters, digits, '-', '_' and
 # '.', not starting or ending with '-' or '.', at most 96 characters, no '--' or '..'.
@@ -209,25 +210,16 @@ def convert_official_once(snapshot: Path, repo_id: str) -> Path:
     """Convert the released-layout ``snapshot`` with ``chatrex convert official`` into
     :func:`converted_dir` the first time; later calls return that folder. The conversion is
     written to a temporary folder beside it and renamed when complete, so an interrupted one is
-    never loaded."""
+    never loaded; of two processes converting at once, the first to finish wins."""
     from .convert.official import convert_official
 
     target = converted_dir(repo_id, snapshot.name)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     print(f"chatrex: converting {repo_id} (released layout) once into {target}", file=sys.stderr)
-    try:
+    with publish_dir_once(target) as tmp:
         convert_official(snapshot, tmp)
-        (tmp / "source.json").write_text(json.dumps({"repo_id": repo_id, "revision": snapshot.name}) + "\n")
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # not merely another process finishing first
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        Path(tmp, "source.json").write_text(json.dumps({"repo_id": repo_id, "revision": snapshot.name}) + "\n")
     return target
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from upn.image_processing import to_rgb_image
+
 # Distinct, colour-blind-friendly-ish palette (Okabe-Ito plus a few).
 PALETTE = [
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
@@ -99,7 +101,7 @@ def draw_boxes(image: Image.Image, boxes, labels=None, colors=None, width: int |
     Labels sit inside the image, next to their box, and avoid one another where they can
     (:func:`place_labels`). ``colors``: one RGB tuple per box (default: the palette in order).
     """
-    out = image.convert("RGB").copy()
+    out = to_rgb_image(image).copy()  # the picture the model saw (transparency on white)
     draw = ImageDraw.Draw(out)
     font = label_font(out.size)
     width = width or max(2, round(max(out.size) / 250))

@@ -25,12 +25,12 @@ from .checkpointing import save_pretrained_into
 from .config import TrainConfig, to_dict
 from .dataset import ChatRexCollator, ChatRexDataset
 from .feature_cache import ConcatFeatureCache, FeatureCache, build_cache
-from .loop import FINAL_DIR, TrainingData, TrainingTask, TrainResult, run_training, weights_digest
+from .loop import TrainingData, TrainingTask, TrainResult, run_training
 from .model_loading import load_model_and_processor, upn_folder
 from .stages import apply_stage, build_param_groups, format_counts
 from .training_data import build_train_data, chatrex_dataset
 
-__all__ = ["FINAL_DIR", "ChatRexTask", "TrainResult", "evaluate", "train", "weights_digest"]
+__all__ = ["ChatRexTask", "evaluate", "train"]
 
 
 def _proposal_fn(cfg: TrainConfig):

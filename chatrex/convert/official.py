@@ -53,7 +53,7 @@ from transformers.utils import logging as hf_logging
 from ..configuration_chatrex import ChatRexConfig
 from ..image_processing_chatrex import ChatRexImageProcessor
 from ..modeling_chatrex import ChatRexForConditionalGeneration
-from ..official.layout import is_official_folder, read_config  # noqa: F401  (is_official_folder: still importable from here)
+from ..official.layout import read_config
 from ..official.synthetic import OFFICIAL_ADDED_TOKENS
 from ..presets import OFFICIAL_NUMERICS
 from ..processing_chatrex import ChatRexProcessor

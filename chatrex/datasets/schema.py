@@ -21,7 +21,8 @@ Only ``image`` is required, except in a text-only record (``conversations`` and 
   ``annotation_id``, ``iscrowd``, ``ref_id``, ``sent_id``, ...); ``iscrowd``, when present, is a bool.
 
 Errors are ``ValueError`` whose message starts with the offending field path, e.g.
-``regions[3].box: x2 < x1``.
+``regions[3].box: degenerate box [4, 2, 4, 9] has x2 <= x1 ...``. Boxes are pixel xyxy with
+x2 > x1 and y2 > y1, at most ``BOX_SLACK`` px outside the image (:func:`chatrex.utils.boxes.check_box`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 
 from ..text.markup import GROUND_END, GROUND_START, OBJECTS_END, OBJECTS_START, SPAN, format_object, object_indices
+from ..utils.boxes import BoxError, check_box
 
 GRANULARITIES = ("coarse", "fine")
 ROLES = ("human", "gpt", "system")
@@ -77,13 +79,10 @@ def _check_region(r, i: int, width, height, regions: list) -> None:
     box = r["box"]
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_num(v) for v in box):
         _fail(f"{path}.box", f"must be 4 finite numbers (pixel xyxy), got {box!r}")
-    x1, y1, x2, y2 = box
-    if x2 < x1 or y2 < y1:
-        _fail(f"{path}.box", f"x2 < x1 or y2 < y1 in {box!r} (boxes are xyxy)")
-    if width is not None and (x1 < -BOX_SLACK or x2 > width + BOX_SLACK):
-        _fail(f"{path}.box", f"{box!r} outside image width {width}")
-    if height is not None and (y1 < -BOX_SLACK or y2 > height + BOX_SLACK):
-        _fail(f"{path}.box", f"{box!r} outside image height {height}")
+    try:
+        check_box(box, width, height, slack=BOX_SLACK)
+    except BoxError as err:
+        _fail(f"{path}.box", str(err))
     if "granularity" in r and r["granularity"] not in GRANULARITIES:
         _fail(f"{path}.granularity", f"must be one of {GRANULARITIES}, got {r['granularity']!r}")
     for key in ("category", "phrase", "description", "referring"):

@@ -104,3 +104,28 @@ def _swap_in(tmp: str, path: str, old: str) -> None:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def publish_dir_once(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a private empty temporary folder to fill; when the block ends normally it is renamed
+    to ``path``, unless another writer (a process racing for the same cache entry) got there
+    first: the first complete folder wins and this one is deleted. When the block raises, the
+    temporary is deleted and ``path`` is left as it was.
+
+    Unlike :func:`replace_dir`, an existing ``path`` is never replaced, so a reader that has
+    found it complete can rely on it staying so."""
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f"{TEMP_PREFIX}{name}.{secrets.token_hex(4)}")  # one per writer
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)  # refuses a non-empty ``path``: the first writer's folder stays
+        except OSError:
+            if not (os.path.isdir(path) and os.listdir(path)):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

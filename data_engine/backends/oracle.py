@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torchvision.ops import box_iou
 
-from chatrex.image_processing_chatrex import load_image
+from chatrex.image_processing_chatrex import load_image, to_rgb_image
 from chatrex.text.markup import SPAN, object_indices
 from chatrex.utils.jsonl import read_jsonl
 
@@ -50,7 +50,9 @@ class OracleBackend:
         return {"backend": "oracle", "model": self.model}
 
     def record(self, image) -> dict:
-        rec = self._records.get(_pixels_key(image.convert("RGB")))
+        # The same conversion load_image applied to the records' images, so an RGBA or palette
+        # image matches its record.
+        rec = self._records.get(_pixels_key(to_rgb_image(image)))
         if rec is None:
             raise ValueError("oracle backend: image not found in the ground-truth records")
         return rec

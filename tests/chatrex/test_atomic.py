@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from chatrex.utils.atomic import TEMP_PREFIX, atomic_path, atomic_write, replace_dir, temp_dir_for
+from chatrex.utils.atomic import TEMP_PREFIX, atomic_path, atomic_write, publish_dir_once, replace_dir, temp_dir_for
 
 
 def _leftovers(folder) -> list[str]:
@@ -145,3 +145,37 @@ def test_replace_dir_for_a_non_owner_only_names_the_folder(tmp_path):
     with replace_dir(tmp_path / "ckpt", owner=False) as tmp:
         assert tmp == temp_dir_for(tmp_path / "ckpt") and not os.path.exists(tmp)
     assert os.listdir(tmp_path) == []
+
+
+def test_publish_dir_once_appears_complete_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "cache" / "entry"
+    with publish_dir_once(target) as tmp:
+        assert not target.exists()  # nothing under its name before the block ends
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            f.write("{}")
+    assert (target / "config.json").read_text() == "{}"
+    assert _leftovers(target.parent) == []
+
+
+def test_publish_dir_once_the_first_of_two_racing_writers_wins(tmp_path):
+    target = tmp_path / "entry"
+    with publish_dir_once(target) as slow:
+        with publish_dir_once(target) as fast:  # finishes while the slow one is still writing
+            with open(os.path.join(fast, "who"), "w") as f:
+                f.write("fast")
+        with open(os.path.join(slow, "who"), "w") as f:
+            f.write("slow")
+    assert (target / "who").read_text() == "fast"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_publish_dir_once_publishes_nothing_on_error(tmp_path, error):
+    target = tmp_path / "entry"
+    with pytest.raises(error):
+        with publish_dir_once(target) as tmp:
+            with open(os.path.join(tmp, "half"), "w") as f:
+                f.write("x")
+            raise error()
+    assert not target.exists()
+    assert _leftovers(tmp_path) == []

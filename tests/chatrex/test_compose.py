@@ -115,9 +115,11 @@ def test_composed_towers_equal_clip_and_timm(parts):
         ref_stages = trunk.forward_intermediates(high, intermediates_only=True)
     torch.testing.assert_close(fused[..., :32], clip, atol=1e-5, rtol=0)
     assert len(stages) == len(ref_stages) == 4
+    # Deep stages reach |x| ~ 2-10, where fp32 summation order alone (which differs between
+    # CPUs' kernels: 1.04e-5 at |x| = 1.9 on an AMD EPYC) passes 1e-5 absolute.
     for ours, ref in zip(stages, ref_stages):
-        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(fused[..., 32:], ref_stages[-1].flatten(2).transpose(1, 2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused[..., 32:], ref_stages[-1].flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_text_only_logits_equal_plain_llm_and_new_rows_at_mean(parts):

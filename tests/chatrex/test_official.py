@@ -14,7 +14,8 @@ from transformers import LlamaConfig
 
 from chatrex import ChatRexConfig, ChatRexForConditionalGeneration, ChatRexPredictor, get_preset_config
 from chatrex.cli.main import main as cli_main
-from chatrex.convert.official import is_official_folder, load_official, to_official_state
+from chatrex.convert.official import load_official, to_official_state
+from chatrex.official.layout import is_official_folder
 from chatrex.official.synthetic import OFFICIAL_ADDED_TOKENS
 from chatrex.predictor import BUNDLED_DIR
 from chatrex.presets import OFFICIAL_NUMERICS

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from chatrex.cli.main import main as chatrex_main
-from chatrex.convert.official import is_official_folder, load_official
+from chatrex.convert.official import load_official
+from chatrex.official.layout import is_official_folder
 
 from .official_parity import compare, load_fixture, photo, write_fixture_folder
 

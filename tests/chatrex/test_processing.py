@@ -116,6 +116,8 @@ def _auto_matches_direct(folder, rgb_image, reference=None):
 
     auto = AutoProcessor.from_pretrained(folder)
     assert type(auto) is ChatRexProcessor
+    offline = AutoProcessor.from_pretrained(folder, local_files_only=True, cache_dir=str(folder))
+    assert offline.to_dict() == auto.to_dict()
     direct = ChatRexProcessor.from_pretrained(folder)
     assert auto.to_dict() == direct.to_dict()
     kwargs = dict(images=[rgb_image, None], conversations=["find the red car", "hi"], boxes=[BOXES, None], add_generation_prompt=True)
@@ -151,3 +153,9 @@ def test_processor_mixin_without_changing_the_class_contract(proc, tmp_path):
     proc.save_pretrained(tmp_path)
     with pytest.raises(TypeError, match="use_fast"):
         ChatRexProcessor.from_pretrained(tmp_path, use_fast=False)
+
+
+def test_from_pretrained_names_an_argument_it_does_not_know(proc, tmp_path):
+    proc.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="num_boxes"):
+        ChatRexProcessor.from_pretrained(tmp_path, num_boxes=3)

@@ -216,6 +216,8 @@ def convert_official_once(snapshot: Path, repo_id: str) -> Path:
     target = converted_dir(repo_id, snapshot.name)
     if (target / "config.json").is_file():
         return target
+    if target.exists():  # conversions only ever appear complete, so this is not one of ours
+        raise ValueError(f"{target} exists but holds no config.json (not a finished conversion); delete it to convert again")
     print(f"chatrex: converting {repo_id} (released layout) once into {target}", file=sys.stderr)
     with publish_dir_once(target) as tmp:
         convert_official(snapshot, tmp)

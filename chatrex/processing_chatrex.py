@@ -35,7 +35,6 @@ from .utils.atomic import atomic_write
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 IGNORE_INDEX = -100
 PROPOSAL_KEYS = {"prompt_type", "min_score", "nms_iou"}
-# What AutoProcessor.from_pretrained passes on; meaningless for a local folder.
 # What AutoProcessor.from_pretrained passes on, and the hub options a user may add to it: a local
 # folder is read as it is, so they change nothing (and no remote code is ever run).
 AUTO_KWARGS = {"trust_remote_code", "_from_auto", "revision", "cache_dir", "local_files_only", "token", "force_download"}

@@ -231,7 +231,11 @@ def run_from_cli(task: TrainingTask, run: RunConfig, **options) -> int:
         return 130
     if result.eval_metrics:
         print("eval: " + json.dumps(result.eval_metrics))
-    print(f"wrote {result.final_dir} after {result.steps} steps")
+    if result.final_dir:
+        print(f"wrote {result.final_dir} after {result.steps} steps")
+    # Every rank prints its digest (train.chatrex too): equal digests show the replicas stayed in sync.
+    if result.weights_digest:
+        print(f"[rank {os.environ.get('RANK', '0')}] final weights sha256 {result.weights_digest}", flush=True)
     return 0
 
 
@@ -295,6 +299,23 @@ def _size_zero_buckets(accelerator: Accelerator, hidden: int | None) -> None:
             zero[key] = value
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    # A terminal's Ctrl-C reaches the DataLoader workers too. The loop finishes the step in flight,
+    # which may need more batches than are buffered, so a worker leaves stopping to the main
+    # process (which shuts the workers down).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (e.g. BatchNorm running statistics, which each process
+    updates from its own batches: DDP broadcasts them before each forward, DeepSpeed never), so a
+    checkpoint, ``final/`` and every process's weights digest agree."""
+    if accelerator.num_processes == 1:
+        return
+    for buffer in accelerator.unwrap_model(model).buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
 def weights_digest(state_dict: dict) -> str:
     digest = hashlib.sha256()
     for name in sorted(state_dict):
@@ -348,7 +369,7 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
         accelerator.print(line)
     sampler = data.sampler
     loader = torch.utils.data.DataLoader(data.dataset, batch_size=run.batch_size, sampler=sampler, collate_fn=data.collate_fn,
-                                         num_workers=num_workers, drop_last=False)
+                                         num_workers=num_workers, drop_last=False, worker_init_fn=_ignore_sigint)
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
     # it once per process), and registered so checkpoints carry it.
     _size_zero_buckets(accelerator, task.zero_hidden_size)
@@ -388,6 +409,7 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
 
     def checkpoint():
         nonlocal last_saved
+        sync_buffers(accelerator, model)
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_seen, "skipped": {str(k): v for k, v in skipped.items()},
                  "last_loss": last_loss, "task": task.extra_state()}
         save_checkpoint(accelerator, out, step, state, run.keep_checkpoints, tied)
@@ -404,13 +426,20 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
         pending_row = None
 
     in_flight = False  # a batch taken whose optimizer step has not finished (a checkpoint now would not be exact)
-    interrupted = False
+    interrupted = False  # Ctrl-C: stop after the step in flight, with a checkpoint
+    stop_at_once = False  # Ctrl-C again: stop now, without one
 
     def on_interrupt(signum, frame):
-        nonlocal interrupted
-        if interrupted or not in_flight:
-            raise KeyboardInterrupt  # a second Ctrl-C, or none in flight: stop now
+        nonlocal interrupted, stop_at_once
+        if interrupted:
+            stop_at_once = True
+            raise KeyboardInterrupt
         interrupted = True
+        # Between steps a lone process can checkpoint right away. Several wait for the next step's
+        # end: each got the signal at a different point, and only should_stop() makes them stop
+        # (and enter the checkpoint's collectives) together.
+        if not in_flight and accelerator.num_processes == 1:
+            raise KeyboardInterrupt
         accelerator.print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)")
 
     def should_stop() -> tuple[bool, bool]:
@@ -432,8 +461,8 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
             epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
             batches_seen = offset
             for batch in epoch_loader:
+                in_flight = True  # first: a checkpoint must never count a batch whose step is unfinished
                 batches_seen += 1
-                in_flight = True
                 for index, reason in batch.get("skipped", ()) if isinstance(batch, Mapping) else ():
                     skipped.setdefault(index, reason)
                 with accelerator.accumulate(model):
@@ -479,21 +508,22 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
                     write_row()
                 if step % run.save_every == 0 or step == run.max_steps or timed_out:
                     checkpoint()
-                if stop_now:
-                    raise KeyboardInterrupt
                 if timed_out:
                     accelerator.print(f"max_minutes={run.max_minutes} reached at step {step}")
                 if step >= run.max_steps or timed_out:
-                    break
+                    break  # a Ctrl-C in the last step: the run is complete, final/ is written
+                if stop_now:
+                    raise KeyboardInterrupt
             else:
                 epoch, offset = epoch + 1, 0
                 continue
             break
     except KeyboardInterrupt:
         write_row()  # the last step's, so the log ends where the checkpoint does
-        if in_flight:
-            # Mid-step (a second Ctrl-C): the batch counter and RNG are past the last finished step.
-            accelerator.print(f"\nstopped mid-step; the newest checkpoint is {latest_checkpoint(out) or 'none'}")
+        if in_flight or stop_at_once:
+            # A second Ctrl-C: perhaps mid-step (the batch counter and RNG past the last finished
+            # step) or mid-checkpoint; either way no checkpoint now.
+            accelerator.print(f"\nstopped at once; the newest checkpoint is {latest_checkpoint(out) or 'none'}")
         elif step > last_saved:
             accelerator.print(f"\ninterrupted: saving checkpoint at step {step} (resume with --resume)")
             checkpoint()
@@ -512,6 +542,7 @@ def run_training(task: TrainingTask, run: RunConfig, *, max_grad_norm: float | N
     accelerator.print(f"done: {step} steps, last loss {last_loss:.4f}, {speed}, {n_skipped} bad record(s) skipped")
 
     final = os.path.join(out, FINAL_DIR)
+    sync_buffers(accelerator, model)
     state_dict = accelerator.get_state_dict(model)  # under ZeRO-3 gathered on the main process only (None elsewhere)
     digest = weights_digest(state_dict) if state_dict is not None else ""  # before saving: save_pretrained empties the dict
     if accelerator.is_main_process:

@@ -192,3 +192,11 @@ def test_a_path_under_a_local_or_documented_folder_is_never_a_hub_id(tmp_path, m
     assert not hub.looks_like_hub_id("models/RexSeek-3B-chatrex")  # the README's folder, not made yet
     assert not hub.looks_like_hub_id("weights/upn-large")           # a folder that exists here
     assert hub.looks_like_hub_id("IDEA-Research/RexSeek-3B")
+
+
+def test_a_half_made_conversion_folder_is_named_not_loaded(hf_cache, tmp_path):
+    """Conversions only appear complete; a folder without config.json there is somebody else's."""
+    target = hub.converted_dir("IDEA-Research/RexSeek-tiny", REVISION)
+    target.mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no config.json"):
+        hub.convert_official_once(tmp_path / REVISION, "IDEA-Research/RexSeek-tiny")

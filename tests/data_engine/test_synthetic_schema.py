@@ -36,6 +36,8 @@ def test_minimal_and_full_records_pass():
     (("regions", 0, "box"), [10, 0, 5, 5], "regions[0].box"),
     (("regions", 0, "box"), [0, 0, 500, 5], "regions[0].box"),
     (("regions", 0, "box"), [0, 0, 5], "regions[0].box"),
+    (("regions", 0, "box"), [4, 2, 4, 9], "regions[0].box: degenerate"),  # no area, as the importers refuse
+    (("regions", 0, "box"), [0, 0, float("nan"), 5], "regions[0].box"),
     (("regions", 0, "granularity"), "medium", "regions[0].granularity"),
     (("regions", 0, "score"), 1.5, "regions[0].score"),
     (("regions", 1, "parent"), 7, "regions[1].parent"),

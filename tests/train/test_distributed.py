@@ -29,21 +29,14 @@ def _free_port() -> int:
 
 
 def _launch(cfg, tmp_path, extra=()):
+    """``train.chatrex`` with ``cfg`` on two processes; returns ``{rank: final weights sha256}``."""
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "train.chatrex", "--config", str(path), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    # start_new_session + killpg on timeout: a hung rendezvous must not leave workers behind.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("two-process run timed out:\n" + out[-2000:] + err[-4000:])
-    assert proc.returncode == 0, out[-3000:] + err[-5000:]
-    digests = dict(re.findall(r"\[rank (\d)\] final weights sha256 ([0-9a-f]{64})", out))
-    return digests
+    return _digests(_launch_stage("train.chatrex", ["--config", str(path), *extra]))
+
+
+def _digests(stdout: str) -> dict[str, str]:
+    return dict(re.findall(r"\[rank (\d)\] final weights sha256 ([0-9a-f]{64})", stdout))
 
 
 def test_two_process_ddp_gloo(records_path, tiny_tokenizer_dir, tmp_path):
@@ -69,6 +62,7 @@ def _launch_stage(module: str, args: list[str]) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", module, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    # start_new_session + killpg on timeout: a hung rendezvous must not leave workers behind.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=300)
@@ -83,8 +77,8 @@ def _launch_stage(module: str, args: list[str]) -> str:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install deepspeed with DS_BUILD_OPS=0)")
 @pytest.mark.parametrize("stage", ["upn", "vision", "text_pretrain"])
 def test_every_stage_runs_two_processes_under_deepspeed_zero2(stage, records_path, tiny_tokenizer_dir, tmp_path):
-    """The one loop gives every stage DeepSpeed: two processes, ZeRO-2 (gloo on a CPU), a
-    checkpoint in DeepSpeed's layout and a loadable final/."""
+    """The one loop gives every stage DeepSpeed: two processes, ZeRO-2 (gloo on a CPU), equal
+    final weights on both, a checkpoint in DeepSpeed's layout and a loadable final/."""
     zero2 = os.path.join(REPO, "train/configs/deepspeed/zero2.json")
     out = tmp_path / "out"
     common = ["--steps", "2", "--batch-size", "2", "--warmup-steps", "1", "--workers", "0", "--deepspeed", zero2, "--out", str(out)]
@@ -98,7 +92,9 @@ def test_every_stage_runs_two_processes_under_deepspeed_zero2(stage, records_pat
         from .test_text_pretrain import saved_tiny_model
 
         args = ["--records", records_path, "--init", str(saved_tiny_model(tiny_tokenizer_dir, tmp_path / "init")), "--turns", "2"]
-    _launch_stage(f"train.{stage}", args + common)
+    stdout = _launch_stage(f"train.{stage}", args + common)
+    digests = _digests(stdout)
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # the replicas stayed in sync
     assert os.path.exists(out / "checkpoint-00000002" / "zero_to_fp32.py")
     if stage == "upn":
         from upn import UPNModel

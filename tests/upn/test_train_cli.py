@@ -145,7 +145,7 @@ def test_a_second_ctrl_c_stops_at_once_without_an_inexact_checkpoint(tmp_path, m
     json_path = _write_fixture(tmp_path)
     _interrupt_at(monkeypatch, 2, _raise_interrupt)  # mid-step, as a second Ctrl-C lands
     assert main(_argv(json_path, tmp_path / "o", 50, "--save-every", "100")) == 130
-    assert "stopped mid-step; the newest checkpoint is none" in capsys.readouterr().out
+    assert "stopped at once; the newest checkpoint is none" in capsys.readouterr().out
     assert not list((tmp_path / "o").glob("checkpoint-*"))
     assert _steps(tmp_path / "o") == [1]
 
@@ -185,3 +185,12 @@ def test_init_pointing_at_a_run_folder_names_its_final_folder(tmp_path, capsys):
         from upn import UPNModel
 
         UPNModel.from_pretrained(tmp_path / "run")
+
+
+def test_a_ctrl_c_in_the_last_step_completes_the_run(tmp_path, monkeypatch):
+    """Nothing is left to resume: the last step finishes and final/ is written (exit 0, not 130)."""
+    json_path = _write_fixture(tmp_path)
+    _interrupt_at(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    assert main(_argv(json_path, tmp_path / "o", 2, "--save-every", "100")) == 0
+    assert (tmp_path / "o" / "final" / "model.safetensors").is_file()
+    assert _steps(tmp_path / "o") == [2]  # the last step's row (log_every is 10)
